@@ -1,0 +1,73 @@
+"""One usage row per API call, whatever happens to it.
+
+The middleware opens a `UsageRecord` before anything else runs (so even a 401
+is counted), lets handlers fill in model, provider and tokens, and queues the row
+when the request ends: on success, on error, or when the client hangs up (499).
+It also gives every request an id (`x-request-id`, accepted or generated)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+
+from gateway.appkeys import CALLER, RECORD, REQUEST_ID, USAGE
+from gateway.errors import GatewayError, Handler
+from gateway.usage import CLIENT_CLOSED, UsageRecord
+
+log = logging.getLogger(__name__)
+
+_ACCOUNTED = frozenset({"/v1/chat/completions", "/v1/embeddings"})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@web.middleware
+async def accounting_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("x-request-id", "")
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    if request.path not in _ACCOUNTED or request.method != "POST":
+        return await handler(request)
+    started = time.monotonic()
+    record = UsageRecord(ts=time.time(), request_id=request[REQUEST_ID], endpoint=request.path)
+    request[RECORD] = record
+    try:
+        response = await handler(request)
+        if not record.status:
+            record.status = response.status
+        return response
+    except GatewayError as exc:  # answered by the error middleware, which sits outside this one
+        record.status, record.error_code = exc.status, exc.code or exc.type
+        raise
+    except asyncio.CancelledError:
+        record.status = CLIENT_CLOSED
+        record.error_code = "client_closed"
+        raise
+    finally:
+        caller = request.get(CALLER)
+        if caller is not None:
+            record.key_name, record.tier = caller.key.name, caller.tier.name
+        record.latency_ms = round((time.monotonic() - started) * 1000, 3)
+        if not record.status:  # a bug escaped the handler: the error middleware answers 500
+            record.status, record.error_code = 500, "internal_error"
+        request.app[USAGE].record(record)
+        log.info(
+            "%s %s key=%s model=%s status=%d latency_ms=%.1f request_id=%s",
+            request.method,
+            request.path,
+            record.key_name,
+            record.model,
+            record.status,
+            record.latency_ms,
+            record.request_id,
+        )
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer, streamed or not, carries its request id."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers["x-request-id"] = request_id

@@ -1,0 +1,50 @@
+"""`create_app(config)`: routes, middlewares and the lifetimes of the shared upstream
+session and the usage store.  The only wiring in the package."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import handlers
+from gateway.accounting import accounting_middleware, echo_request_id
+from gateway.appkeys import ADAPTERS, CONFIG, HTTP, USAGE
+from gateway.auth import auth_middleware
+from gateway.config import Config
+from gateway.errors import error_middleware
+from gateway.providers import ADAPTERS as ADAPTER_KINDS
+from gateway.upstream import new_session
+from gateway.usage import UsageStore
+
+
+def create_app(config: Config) -> web.Application:
+    # error handling outermost, so the usage record and auth both see GatewayErrors
+    app = web.Application(
+        middlewares=[error_middleware, accounting_middleware, auth_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[ADAPTERS] = {name: ADAPTER_KINDS[p.kind](p) for name, p in config.providers.items() if p.kind in ADAPTER_KINDS}
+    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_usage_store)
+    app.on_response_prepare.append(echo_request_id)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.get_model)
+    app.router.add_post("/v1/chat/completions", handlers.chat_completions)
+    app.router.add_post("/v1/embeddings", handlers.embeddings)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    async with new_session() as session:
+        app[HTTP] = session
+        yield
+
+
+async def _usage_store(app: web.Application) -> AsyncIterator[None]:
+    store = await UsageStore.open(app[CONFIG].database)
+    app[USAGE] = store
+    yield
+    await store.close()  # flushes every queued row

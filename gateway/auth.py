@@ -1,0 +1,34 @@
+"""Bearer-key authentication.  Keys are known only by their sha256; the presented
+key is hashed and looked up, so no key is ever held or compared in clear text."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from gateway.appkeys import CALLER, CONFIG
+from gateway.config import hash_key
+from gateway.errors import AuthenticationFailed, Handler
+from gateway.routing import Caller
+
+_PUBLIC = frozenset({"/healthz"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _PUBLIC or not request.path.startswith("/v1/"):
+        return await handler(request)
+    config = request.app[CONFIG]
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key")
+    digest = hash_key(presented)
+    key = config.keys.get(digest)
+    # compare_digest keeps the final check constant-time even though the dict lookup is not
+    if key is None or not hmac.compare_digest(key.key_sha256, digest):
+        raise AuthenticationFailed("Incorrect API key provided.")
+    request[CALLER] = Caller(key=key, tier=config.tiers[key.tier])
+    return await handler(request)

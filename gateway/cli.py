@@ -1,0 +1,152 @@
+"""Command line: `gateway serve | check-config | usage`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load_config
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible AI gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, help="YAML configuration file")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    check = sub.add_parser("check-config", help="validate a configuration file (exit 2 when invalid)")
+    check.add_argument("--config", required=True)
+
+    usage = sub.add_parser("usage", help="token totals per key and model from the usage log")
+    usage.add_argument("--config", required=True)
+    usage.add_argument("--since", help="ISO date/time (2026-11-01) or a span back from now (30m, 24h, 7d)")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check(args.config)
+    return _usage(args.config, args.since)
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def _check(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return 2
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{path}: OK ({len(config.providers)} providers, {len(config.models)} models, "
+        f"{len(config.tiers)} tiers, {len(config.keys)} keys)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _load(args.config)
+    if config is None:
+        return 2
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    try:
+        import uvloop  # optional: faster event loop when installed
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    host, port = args.host or config.host, args.port or config.port
+    log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=None,  # the accounting middleware logs one line per API call
+        handler_cancellation=True,  # a client hang-up cancels the handler and closes the upstream call
+        print=None,
+        **({"loop": loop_factory()} if loop_factory else {}),
+    )
+    return 0
+
+
+_SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """'7d' / '24h' back from now, or an ISO date or date-time (UTC unless it says)."""
+    now = time.time() if now is None else now
+    match = _SPAN.match(value.strip())
+    if match:
+        return now - int(match.group(1)) * _SECONDS[match.group(2)]
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"--since: cannot read {value!r}; use 2026-11-01, 2026-11-01T12:00 or 30m/24h/7d") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _usage(path: str, since: str | None) -> int:
+    config = _load(path)
+    if config is None:
+        return 2
+    try:
+        start = parse_since(since) if since else 0.0
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not Path(config.database).exists():
+        print(f"no usage recorded yet ({config.database} does not exist)")
+        return 0
+    db = sqlite3.connect(f"file:{config.database}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            """SELECT coalesce(key_name, '(unauthenticated)'), coalesce(model, '-'), count(*),
+                      sum(status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens)
+               FROM usage WHERE ts >= ? GROUP BY 1, 2 ORDER BY 1, 2""",
+            (start,),
+        ).fetchall()
+    finally:
+        db.close()
+    header = ("key", "model", "requests", "errors", "prompt", "completion", "total")
+    table = [header, *[tuple(str(v or 0) for v in row) for row in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    if not rows:
+        print("(no requests in this period)")
+    return 0

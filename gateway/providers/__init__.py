@@ -1,0 +1,10 @@
+"""The registry of provider adapters, by the `kind` a provider has in the YAML."""
+
+from __future__ import annotations
+
+from gateway.providers.base import Adapter
+from gateway.providers.openai import OpenAIAdapter
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    OpenAIAdapter.kind: OpenAIAdapter,
+}

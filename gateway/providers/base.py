@@ -1,0 +1,221 @@
+"""What every provider adapter is made of, and the mechanism they share.
+
+An adapter is sans-IO: it turns an OpenAI request body into an `UpstreamRequest`,
+an upstream body into an OpenAI `chat.completion`, upstream SSE events into
+`chat.completion.chunk`s (through a `StreamTranslator`, one per stream), and an
+upstream error body into a `GatewayError`.  `handlers.py` does all the I/O.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.config import Model, Provider
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.sse import Event
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes: the configured model and its provider."""
+
+    model: Model
+    provider: Provider
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Reply:
+    """Per-request facts every translation needs, fixed before the upstream call."""
+
+    model: str  # the id the client asked for; every response and chunk carries it
+    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_urlsafe(18))
+    created: int = 0
+    include_usage: bool = False
+
+    def chunk(self, choices: list[Json], usage: Json | None = None) -> Json:
+        out: Json = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            out["usage"] = usage
+        return out
+
+    def delta(self, delta: Json, finish_reason: str | None = None, index: int = 0) -> Json:
+        return self.chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+
+    def completion(self, choices: list[Json], usage: Json | None) -> Json:
+        out: Json = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+
+def usage_dict(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0, total: int | None = None) -> Json:
+    usage: Json = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion if total is None else total,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+    return usage
+
+
+class StreamTranslator:
+    """Turns one upstream stream into OpenAI chunks, event by event.
+
+    `feed` returns the chunks to send now; it raises a `GatewayError` for an
+    error event.  `finish` is called at upstream EOF and returns the closing
+    chunks, or raises when the stream ended before the upstream said it was
+    complete.  `usage` holds OpenAI-shaped usage once known."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.usage: Json | None = None
+
+    def feed(self, event: Event) -> list[Json]:
+        raise NotImplementedError
+
+    def finish(self) -> list[Json]:
+        raise NotImplementedError
+
+    def closing(self, finishes: list[tuple[int, str]]) -> list[Json]:
+        """The finish chunk per choice, then the usage chunk when the client asked."""
+        out = [self.reply.delta({}, reason, index) for index, reason in finishes]
+        if self.reply.include_usage:
+            out.append(self.reply.chunk([], self.usage))
+        return out
+
+
+def truncated(provider: Provider) -> UpstreamError:
+    return UpstreamError(
+        f"The {provider.name} stream ended before the answer was complete.", code="upstream_stream_truncated"
+    )
+
+
+class Adapter:
+    """Base of the provider adapters; each subclass speaks one upstream protocol."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    # -- chat ------------------------------------------------------------------------------
+    def chat_request(self, body: Json, route: Route, stream: bool) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def chat_response(self, data: bytes, route: Route, reply: Reply) -> Json:
+        raise NotImplementedError
+
+    def stream_translator(self, route: Route, reply: Reply) -> StreamTranslator:
+        raise NotImplementedError
+
+    # -- embeddings ------------------------------------------------------------------------
+    def embeddings_request(self, body: Json, route: Route) -> UpstreamRequest:
+        raise InvalidRequest(
+            f"Model '{route.model.id}' does not support embeddings.", param="model", code="unsupported_model"
+        )
+
+    def embeddings_response(self, data: bytes, body: Json, route: Route) -> Json:
+        raise NotImplementedError
+
+    # -- errors ----------------------------------------------------------------------------
+    def error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
+        raise NotImplementedError
+
+    # -- shared mechanism ------------------------------------------------------------------
+    def parse_json(self, data: bytes) -> Json:
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"The {self.provider.name} provider returned invalid JSON.") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamError(f"The {self.provider.name} provider returned an unexpected body.")
+        return parsed
+
+    def upstream_error(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+    ) -> GatewayError:
+        """Map an upstream failure to what our client should see.
+
+        The caller's mistakes (4xx) keep their status; the operator's (a rejected
+        upstream key: 401/403) and the provider's (5xx) become 502, overload 503,
+        upstream timeouts 504.  Messages are scrubbed of the provider key."""
+        name = self.provider.name
+        message = self.scrub(message) or f"The {name} provider answered HTTP {status}."
+        headers = {"Retry-After": retry_after} if retry_after else None
+        if status in (401, 403):
+            return UpstreamError(
+                f"The {name} provider rejected the gateway's credentials (HTTP {status}); "
+                f"the operator must check providers.{name}.api_key.",
+                code="upstream_auth_failed",
+            )
+        if status == 429:
+            return RateLimited(
+                message, type=type or "rate_limit_error", code=code or "rate_limit_exceeded", headers=headers
+            )
+        if status == 404:
+            return NotFound(message, param=param, code=code or "model_not_found")
+        if status in (503, 529):
+            return ServiceUnavailable(
+                f"The {name} provider is overloaded or unavailable: {message}", headers=headers or {"Retry-After": "1"}
+            )
+        if status in (408, 504):
+            return UpstreamTimeout(f"The {name} provider timed out: {message}")
+        if 400 <= status < 500:
+            return GatewayError(message, status=status, type=type or "invalid_request_error", code=code, param=param)
+        return UpstreamError(f"The {name} provider failed (HTTP {status}): {message}")
+
+    def scrub(self, text: str) -> str:
+        key = self.provider.api_key
+        if key and key in text:
+            text = text.replace(key, "[redacted]")
+        return text
+
+    def missing_key_error(self) -> ServiceUnavailable:
+        env = self.provider.api_key_env or "the api_key variable"
+        return ServiceUnavailable(
+            f"Provider '{self.provider.name}' has no API key: set the environment variable {env} "
+            f"and restart the gateway.",
+            code="provider_not_configured",
+        )

@@ -1,0 +1,45 @@
+"""Who may use what.  `allows` is the single rule behind both `/v1/models` and every
+call, so what a tier lists and what it may call can never disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import ApiKey, Config, Model, Tier
+from gateway.errors import NotFound, PermissionDenied
+from gateway.providers.base import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: ApiKey
+    tier: Tier
+
+
+def allows(tier: Tier, model: Model) -> bool:
+    return model.id in tier.models
+
+
+def visible_models(config: Config, tier: Tier) -> list[Model]:
+    return [m for m in config.models.values() if allows(tier, m)]
+
+
+def resolve(config: Config, caller: Caller, model_id: str) -> Route:
+    """The route for `model_id`, or 404 (unknown) / 403 (outside the caller's tier)."""
+    model = config.models.get(model_id)
+    if model is None:
+        raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
+    if not allows(caller.tier, model):
+        raise PermissionDenied(
+            f"The model `{model_id}` is not included in your tier '{caller.tier.name}'; upgrade your plan to use it.",
+            param="model",
+        )
+    return Route(model=model, provider=config.providers[model.provider])
+
+
+def find_visible(config: Config, caller: Caller, model_id: str) -> Model:
+    """`GET /v1/models/{id}`: a model outside the tier is as absent as an unknown one."""
+    model = config.models.get(model_id)
+    if model is None or not allows(caller.tier, model):
+        raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
+    return model

@@ -1,0 +1,122 @@
+"""Server-sent events: an incremental decoder for upstream streams, one encoder for ours.
+
+The decoder follows the WHATWG event-stream rules: lines end in CR, LF or CRLF
+(a CR at the end of one read may pair with an LF at the start of the next), a
+blank line dispatches the event, lines starting with ':' are comments, several
+`data:` lines join with '\n'.  It works on bytes, so a UTF-8 character split
+across reads is harmless, and it has no line-length limit except `max_event_bytes`
+(aiohttp's `readuntil` gives up at 128 KiB, which real LLM events exceed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
+DONE: Final = b"[DONE]"
+
+
+class SSEError(Exception):
+    """The upstream stream cannot be decoded (an event over the size cap)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    data: bytes
+    event: str = ""
+
+
+class SSEDecoder:
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+        self._max = max_event_bytes
+        self._pending = b""  # an incomplete line
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buf = self._pending + chunk if self._pending else chunk
+        events: list[Event] = []
+        start = 0
+        for match in _LINE_END.finditer(buf):
+            end = match.end()
+            if end == len(buf) and buf[end - 1 : end] == b"\r":
+                break  # a lone CR at the end: its LF may be in the next read
+            self._line(buf[start : match.start()], events)
+            start = end
+        self._pending = buf[start:]
+        if len(self._pending) + self._size > self._max:
+            raise SSEError(f"upstream event larger than {self._max} bytes")
+        return events
+
+    def close(self) -> list[Event]:
+        """End of stream: a final line without terminator still counts; an event
+        without its blank line is dispatched, as a lenient client would."""
+        events: list[Event] = []
+        if self._pending:
+            line, self._pending = self._pending.rstrip(b"\r"), b""
+            self._line(line, events)
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[Event]) -> None:
+        if not line:
+            if self._data:
+                events.append(Event(b"\n".join(self._data), self._event.decode("utf-8", "replace")))
+            self._data, self._size, self._event = [], 0, b""
+            return
+        if line[0] == 0x3A:  # ':' comment / keep-alive
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+            self._size += len(value) + 1
+            if self._size > self._max:
+                raise SSEError(f"upstream event larger than {self._max} bytes")
+        elif name == b"event":
+            self._event = value
+        # `id`, `retry` and unknown fields are ignored, as the spec says.
+
+
+class EventWriter:
+    """Our outgoing stream: `data: <json>\\n\\n` events, in OpenAI's exact framing.
+
+    aiohttp-sse's response supplies the headers (no compression, no proxy
+    buffering) and a ': ping' comment every 15 s, which OpenAI clients ignore."""
+
+    def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
+        self._request = request
+        self.response = EventSourceResponse(sep="\n", headers=headers)
+        self.response.content_type = "text/event-stream"
+        self.response.charset = "utf-8"
+
+    async def prepare(self) -> None:
+        await self.response.prepare(self._request)
+
+    @property
+    def prepared(self) -> bool:
+        return self.response.prepared
+
+    async def send(self, chunk: dict[str, Any]) -> None:
+        await self.response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+    async def send_raw(self, payload: bytes) -> None:
+        await self.response.write(b"data: " + payload + b"\n\n")
+
+    async def done(self) -> None:
+        await self.response.write(b"data: [DONE]\n\n")
+
+    async def close(self) -> None:
+        self.response.stop_streaming()
+        try:
+            await self.response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass

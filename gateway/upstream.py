@@ -1,0 +1,66 @@
+"""The one place that talks to providers over HTTP.
+
+`open_upstream` posts an `UpstreamRequest` on the shared `ClientSession`, turns a
+non-2xx answer into the adapter's `GatewayError` before any byte reaches the
+client, and maps aiohttp's failures: cannot connect -> 502, timeout -> 504.  Only
+this module catches `aiohttp.ClientError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.providers.base import Adapter, UpstreamRequest
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_BODY = 1024 * 1024
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The process-wide upstream session: a large keep-alive pool, no default timeout
+    (each call sets its own), no cookie jar, TCP_NODELAY (aiohttp's default)."""
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+        read_bufsize=2**16,
+    )
+
+
+@asynccontextmanager
+async def open_upstream(
+    session: aiohttp.ClientSession, adapter: Adapter, req: UpstreamRequest, *, stream: bool
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    provider = adapter.provider
+    t = provider.timeouts
+    timeout = aiohttp.ClientTimeout(total=None if stream else t.total, sock_connect=t.connect, sock_read=t.read)
+    try:
+        async with session.post(req.url, data=req.body, headers=dict(req.headers), timeout=timeout) as resp:
+            if resp.status >= 300:
+                body = await resp.content.read(_MAX_ERROR_BODY)
+                log.info("upstream %s answered HTTP %d", provider.name, resp.status)
+                raise adapter.error(resp.status, body, resp.headers)
+            yield resp
+    except GatewayError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout(f"The {provider.name} provider did not answer in time.") from None
+    except aiohttp.ClientConnectorError:
+        raise UpstreamError(
+            f"Could not connect to the {provider.name} provider.", code="upstream_unreachable"
+        ) from None
+    except aiohttp.ClientPayloadError:
+        raise UpstreamError(
+            f"The {provider.name} provider closed the connection mid-answer.", code="upstream_stream_truncated"
+        ) from None
+    except aiohttp.ClientError as exc:
+        log.info("upstream %s failed: %s", provider.name, type(exc).__name__)
+        raise UpstreamError(f"The connection to the {provider.name} provider failed.") from None

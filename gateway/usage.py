@@ -1,0 +1,152 @@
+"""The usage log: one SQLite row per API request, written off the request path.
+
+Handlers `record()` a finished `UsageRecord` (no await, no I/O); a single writer
+task drains the queue in batches into SQLite (WAL mode) through aiosqlite.
+`close()` flushes everything still queued, so a graceful stop loses no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+_BATCH: Final = 500
+CLIENT_CLOSED: Final = 499  # nginx's status for "client closed request"
+
+_MIGRATIONS: Final = (
+    """
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        request_id TEXT,
+        endpoint TEXT,
+        key_name TEXT,
+        tier TEXT,
+        model TEXT,
+        provider TEXT,
+        upstream_model TEXT,
+        stream INTEGER NOT NULL DEFAULT 0,
+        status INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        total_tokens INTEGER NOT NULL DEFAULT 0,
+        latency_ms REAL,
+        ttfb_ms REAL,
+        error_code TEXT
+    );
+    CREATE INDEX usage_ts ON usage (ts);
+    CREATE INDEX usage_key_ts ON usage (key_name, ts);
+    """,
+)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    ts: float
+    request_id: str | None = None
+    endpoint: str | None = None
+    key_name: str | None = None
+    tier: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    error_code: str | None = None
+
+    def add_usage(self, usage: Any) -> None:
+        """Take token counts from an OpenAI-shaped usage object, tolerating junk."""
+        if not isinstance(usage, dict):
+            return
+        self.prompt_tokens = _int(usage.get("prompt_tokens"))
+        self.completion_tokens = _int(usage.get("completion_tokens"))
+        self.total_tokens = _int(usage.get("total_tokens")) or self.prompt_tokens + self.completion_tokens
+
+
+_COLUMNS: Final = tuple(f.name for f in fields(UsageRecord))
+_INSERT: Final = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+async def open_db(path: str) -> aiosqlite.Connection:
+    """Open (creating if needed) the usage database, migrated to the current schema."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")  # several workers may share the file
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = row[0] if row else 0
+    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    return db
+
+
+class UsageStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._queue: asyncio.Queue[UsageRecord | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.written = 0
+
+    @classmethod
+    async def open(cls, path: str) -> UsageStore:
+        store = cls(await open_db(path))
+        store._writer = asyncio.create_task(store._run(), name="usage-writer")
+        return store
+
+    def record(self, row: UsageRecord) -> None:
+        self._queue.put_nowait(row)
+
+    async def close(self) -> None:
+        """Flush every queued row, then close the database."""
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
+        await self._db.close()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is on disk (tests, shutdown)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            rows = [astuple(r) for r in batch if r is not None]
+            stop = len(rows) != len(batch)
+            try:
+                if rows:
+                    await self._db.executemany(_INSERT, rows)
+                    await self._db.commit()
+                    self.written += len(rows)
+            except Exception:  # a full disk must not kill the writer; the rows are reported lost
+                log.exception("usage log: could not write %d rows", len(rows))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+
+def now() -> float:
+    return time.time()
