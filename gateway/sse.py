@@ -94,7 +94,7 @@ class EventWriter:
 
     def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = EventSourceResponse(sep="\n", headers=headers)
+        self.response = EventSourceResponse(sep="\n", headers=headers, allow_all_methods=True)
         self.response.content_type = "text/event-stream"
         self.response.charset = "utf-8"
 
