@@ -35,7 +35,7 @@ def base_config(upstreams: dict[str, tuple[str, str]], db: str, **extra: Any) ->
         name: {"kind": kind, "base_url": url, "api_key": "${UPSTREAM_KEY}"} for name, (kind, url) in upstreams.items()
     }
     models = []
-    for name, (kind, _) in upstreams.items():
+    for name in upstreams:
         models.append({"id": f"{name}-small", "provider": name, "upstream": f"{name}-small-2024"})
         models.append({"id": f"{name}-large", "provider": name})
     doc = {
