@@ -241,6 +241,10 @@ class _Parser:
             if kind is not None and kind not in PROVIDER_KINDS:
                 self.error(f"{here}.kind", f"unknown kind {kind!r} (expected one of: {', '.join(PROVIDER_KINDS)})")
             base_url = self.string(spec, "base_url", here, required=True) or ""
+            expanded, unset = self.expand(base_url, f"{here}.base_url")
+            if expanded is None:
+                self.error(f"{here}.base_url", f"environment variable {unset} is not set")
+            base_url = expanded or ""
             if base_url and not base_url.startswith(("http://", "https://")):
                 self.error(f"{here}.base_url", "must start with http:// or https://")
             api_key, api_key_env = None, None
