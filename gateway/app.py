@@ -9,23 +9,23 @@ from aiohttp import web
 
 from gateway import handlers
 from gateway.accounting import accounting_middleware, echo_request_id
-from gateway.appkeys import ADAPTERS, CONFIG, HTTP, USAGE
+from gateway.appkeys import HTTP, LIVE, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config
 from gateway.errors import error_middleware
-from gateway.providers import ADAPTERS as ADAPTER_KINDS
+from gateway.runtime import Live, Runtime
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, path: str | None = None) -> web.Application:
+    """The gateway for `config`; `path` is the file a reload (SIGHUP) reads again."""
     # error handling outermost, so the usage record and auth both see GatewayErrors
     app = web.Application(
         middlewares=[error_middleware, accounting_middleware, auth_middleware],
         client_max_size=config.max_body_bytes,
     )
-    app[CONFIG] = config
-    app[ADAPTERS] = {name: ADAPTER_KINDS[p.kind](p) for name, p in config.providers.items() if p.kind in ADAPTER_KINDS}
+    app[LIVE] = Live(Runtime.build(config), path)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
     app.on_response_prepare.append(echo_request_id)
@@ -44,7 +44,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _usage_store(app: web.Application) -> AsyncIterator[None]:
-    store = await UsageStore.open(app[CONFIG].database)
+    store = await UsageStore.open(app[LIVE].current.config.database)
     app[USAGE] = store
     yield
     await store.close()  # flushes every queued row

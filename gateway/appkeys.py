@@ -6,16 +6,15 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from gateway.config import Config
-from gateway.providers.base import Adapter
 from gateway.routing import Caller
+from gateway.runtime import Live, Runtime
 from gateway.usage import UsageRecord, UsageStore
 
-CONFIG = web.AppKey("CONFIG", Config)
+LIVE = web.AppKey("LIVE", Live)  # the configuration in force; swapped on reload
 HTTP = web.AppKey("HTTP", aiohttp.ClientSession)
 USAGE = web.AppKey("USAGE", UsageStore)
-ADAPTERS = web.AppKey("ADAPTERS", dict[str, Adapter])  # by provider name, built once per config
 
+RUNTIME = web.RequestKey("RUNTIME", Runtime)  # the configuration this request started with
 CALLER = web.RequestKey("CALLER", Caller)
 RECORD = web.RequestKey("RECORD", UsageRecord)
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)

@@ -7,7 +7,7 @@ import hmac
 
 from aiohttp import web
 
-from gateway.appkeys import CALLER, CONFIG
+from gateway.appkeys import CALLER, LIVE, RUNTIME
 from gateway.config import hash_key
 from gateway.errors import AuthenticationFailed, Handler
 from gateway.routing import Caller
@@ -19,7 +19,8 @@ _PUBLIC = frozenset({"/healthz"})
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in _PUBLIC or not request.path.startswith("/v1/"):
         return await handler(request)
-    config = request.app[CONFIG]
+    runtime = request[RUNTIME] = request.app[LIVE].current
+    config = runtime.config
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     presented = presented.strip()

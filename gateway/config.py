@@ -38,6 +38,7 @@ class Timeouts:
     long but live stream is never cut; `total` bounds non-streamed calls only."""
 
     connect: float = 10.0
+    first_byte: float = 120.0  # until the first byte of the answer (a prompt may take a while to read)
     read: float = 300.0
     total: float = 600.0
 
@@ -52,6 +53,19 @@ class Provider:
     headers: Mapping[str, str] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_tokens: int | None = None  # default output budget where the upstream requires one
+    api_keys: tuple[str, ...] = ()  # every usable key (`api_key` or `api_keys`), tried in turn
+    max_concurrency: int | None = None  # upstream calls in flight at once; None = unlimited
+    queue_timeout: float = 10.0  # how long a call waits for a free slot before 503
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model is served: a provider and the name it has there."""
+
+    provider: str
+    upstream: str
+    weight: float = 1.0  # share of traffic among deployments of the same priority
+    priority: int = 0  # lower first; higher priorities are fallbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,7 @@ class Model:
     owned_by: str
     created: int
     max_tokens: int | None = None
+    deployments: tuple[Deployment, ...] = ()  # the first is `provider`/`upstream`
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +93,17 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """Retries and fallback across a model's deployments and a provider's keys."""
+
+    attempts: int = 3  # upstream calls per request, at most
+    backoff: float = 0.2  # seconds before the 2nd attempt, doubling after
+    max_retry_after: float = 2.0  # wait out an upstream Retry-After up to this long; longer goes to the client
+    failures_before_cooldown: int = 3  # consecutive failures that take a deployment out...
+    cooldown: float = 30.0  # ...for this many seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str
     port: int
@@ -88,6 +114,8 @@ class Config:
     tiers: Mapping[str, Tier]
     keys: Mapping[str, ApiKey]  # by sha256 hex of the key
     warnings: tuple[str, ...] = ()
+    routing: Routing = field(default_factory=Routing)
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
 
 
 def hash_key(key: str) -> str:
@@ -158,7 +186,9 @@ class _Parser:
             return None
         return value
 
-    def number(self, obj: dict[str, Any], key: str, where: str, default: float, *, integer: bool = False) -> float:
+    def number(
+        self, obj: dict[str, Any], key: str, where: str, default: float, *, integer: bool = False, zero: bool = False
+    ) -> float:
         value = obj.get(key, default)
         if isinstance(value, str):
             try:
@@ -166,8 +196,8 @@ class _Parser:
             except ValueError:
                 pass
         ok_type = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_type) or value <= 0:
-            kind = "a positive integer" if integer else "a positive number"
+        if isinstance(value, bool) or not isinstance(value, ok_type) or value < 0 or (value == 0 and not zero):
+            kind = ("a non-negative " if zero else "a positive ") + ("integer" if integer else "number")
             self.error(f"{where}.{key}", f"must be {kind}, got {value!r}")
             return default
         return value
@@ -197,13 +227,17 @@ class _Parser:
     # -- sections ----------------------------------------------------------------------
 
     def parse(self, raw: Any) -> Config:
-        top = self.mapping(raw, "(top level)", ("server", "database", "providers", "models", "tiers", "keys"))
+        top = self.mapping(
+            raw, "(top level)", ("server", "database", "providers", "models", "tiers", "keys", "routing")
+        )
         if raw is None:
             self.error("(top level)", "the file is empty")
-        server = self.mapping(top.get("server"), "server", ("host", "port", "max_body_bytes"))
+        server = self.mapping(top.get("server"), "server", ("host", "port", "max_body_bytes", "shutdown_timeout"))
         host = self.string(server, "host", "server") or "127.0.0.1"
         port = int(self.number(server, "port", "server", 8080, integer=True))
         max_body = int(self.number(server, "max_body_bytes", "server", 32 * 1024 * 1024, integer=True))
+        shutdown_timeout = self.number(server, "shutdown_timeout", "server", 30.0)
+        routing = self.routing(top.get("routing"))
         database = top.get("database", "data/gateway.db")
         if not isinstance(database, str) or not database:
             self.error("database", "must be a file path")
@@ -225,6 +259,22 @@ class _Parser:
             tiers=tiers,
             keys=keys,
             warnings=tuple(self.warnings),
+            routing=routing,
+            shutdown_timeout=shutdown_timeout,
+        )
+
+    def routing(self, raw: Any) -> Routing:
+        fields_ = ("attempts", "backoff", "max_retry_after", "failures_before_cooldown", "cooldown")
+        spec = self.mapping(raw, "routing", fields_)
+        d = Routing()
+        return Routing(
+            attempts=int(self.number(spec, "attempts", "routing", d.attempts, integer=True)),
+            backoff=self.number(spec, "backoff", "routing", d.backoff, zero=True),
+            max_retry_after=self.number(spec, "max_retry_after", "routing", d.max_retry_after, zero=True),
+            failures_before_cooldown=int(
+                self.number(spec, "failures_before_cooldown", "routing", d.failures_before_cooldown, integer=True)
+            ),
+            cooldown=self.number(spec, "cooldown", "routing", d.cooldown, zero=True),
         )
 
     def providers(self, raw: Any) -> Iterator[tuple[str, Provider]]:
@@ -233,7 +283,10 @@ class _Parser:
             self.error(where, "required: at least one provider")
             return
         section = self.mapping(raw, where, tuple(raw) if isinstance(raw, dict) else ())
-        allowed = ("kind", "base_url", "api_key", "headers", "timeouts", "max_tokens")
+        allowed = (
+            "kind", "base_url", "api_key", "api_keys", "headers", "timeouts", "max_tokens", "max_concurrency",
+            "queue_timeout",
+        )  # fmt: skip
         for name, spec in section.items():
             here = f"{where}.{name}"
             spec = self.mapping(spec, here, allowed)
@@ -247,23 +300,20 @@ class _Parser:
             base_url = expanded or ""
             if base_url and not base_url.startswith(("http://", "https://")):
                 self.error(f"{here}.base_url", "must start with http:// or https://")
-            api_key, api_key_env = None, None
-            raw_key = self.string(spec, "api_key", here)
-            if raw_key is not None:
-                api_key, api_key_env = self.expand(raw_key, f"{here}.api_key")
-                if api_key is None:
-                    self.warnings.append(
-                        f"{here}.api_key: environment variable {api_key_env} is not set; "
-                        f"requests to this provider will answer 503 until it is"
-                    )
+            api_keys, api_key_env = self.api_keys(spec, here)
+            api_key = api_keys[0] if api_keys else None
             headers = self.headers(spec.get("headers"), f"{here}.headers")
-            tmap = self.mapping(spec.get("timeouts"), f"{here}.timeouts", ("connect", "read", "total"))
+            tmap = self.mapping(spec.get("timeouts"), f"{here}.timeouts", ("connect", "first_byte", "read", "total"))
             defaults = Timeouts()
             timeouts = Timeouts(
                 connect=self.number(tmap, "connect", f"{here}.timeouts", defaults.connect),
+                first_byte=self.number(tmap, "first_byte", f"{here}.timeouts", defaults.first_byte),
                 read=self.number(tmap, "read", f"{here}.timeouts", defaults.read),
                 total=self.number(tmap, "total", f"{here}.timeouts", defaults.total),
             )
+            max_concurrency = None
+            if spec.get("max_concurrency") is not None:
+                max_concurrency = int(self.number(spec, "max_concurrency", here, 1, integer=True))
             max_tokens = None
             if "max_tokens" in spec:
                 max_tokens = int(self.number(spec, "max_tokens", here, 4096, integer=True))
@@ -278,8 +328,35 @@ class _Parser:
                     headers=headers,
                     timeouts=timeouts,
                     max_tokens=max_tokens,
+                    api_keys=api_keys,
+                    max_concurrency=max_concurrency,
+                    queue_timeout=self.number(spec, "queue_timeout", here, 10.0, zero=True),
                 ),
             )
+
+    def api_keys(self, spec: dict[str, Any], here: str) -> tuple[tuple[str, ...], str | None]:
+        """The provider's usable keys, and the first unset variable (for the 503 message)."""
+        if "api_key" in spec and "api_keys" in spec:
+            self.error(here, "give 'api_key' or 'api_keys', not both")
+        raw = spec.get("api_keys", [spec["api_key"]] if spec.get("api_key") is not None else [])
+        if not isinstance(raw, list):
+            self.error(f"{here}.api_keys", f"must be a list, got {_kind(raw)}")
+            return (), None
+        keys: list[str] = []
+        first_unset: str | None = None
+        for j, item in enumerate(raw):
+            where = f"{here}.api_keys[{j}]" if "api_keys" in spec else f"{here}.api_key"
+            if not isinstance(item, str) or not item:
+                self.error(where, f"must be a non-empty string, got {_kind(item)}")
+                continue
+            value, unset = self.expand(item, where)
+            if value is None:
+                first_unset = first_unset or unset
+                consequence = "this key is skipped" if len(raw) > 1 else "requests to this provider will answer 503"
+                self.warnings.append(f"{where}: environment variable {unset} is not set; {consequence}")
+            else:
+                keys.append(value)
+        return tuple(keys), first_unset
 
     def headers(self, raw: Any, where: str) -> dict[str, str]:
         if raw is None:
@@ -310,11 +387,12 @@ class _Parser:
             return out
         for i, spec in enumerate(raw):
             here = f"models[{i}]"
-            spec = self.mapping(spec, here, ("id", "provider", "upstream", "owned_by", "created", "max_tokens"))
+            spec = self.mapping(
+                spec, here, ("id", "provider", "upstream", "owned_by", "created", "max_tokens", "deployments")
+            )
             model_id = self.string(spec, "id", here, required=True)
-            provider = self.string(spec, "provider", here, required=True)
-            if provider is not None and provider not in providers:
-                self.error(f"{here}.provider", f"unknown provider {provider!r}")
+            deployments = self.deployments(spec, here, providers, model_id or "")
+            provider = deployments[0].provider if deployments else None
             if model_id is None:
                 continue
             if model_id in first_seen:
@@ -328,11 +406,40 @@ class _Parser:
             out[model_id] = Model(
                 id=model_id,
                 provider=provider or "",
-                upstream=self.string(spec, "upstream", here) or model_id,
+                upstream=deployments[0].upstream if deployments else model_id,
                 owned_by=self.string(spec, "owned_by", here) or (provider or "gateway"),
                 created=created,
                 max_tokens=max_tokens,
+                deployments=tuple(deployments),
             )
+        return out
+
+    def deployments(
+        self, spec: dict[str, Any], here: str, providers: dict[str, Provider], model_id: str
+    ) -> list[Deployment]:
+        """`provider` + `upstream` is shorthand for a single deployment."""
+        if "deployments" in spec:
+            if "provider" in spec or "upstream" in spec:
+                self.error(here, "give either 'provider' (and 'upstream') or 'deployments', not both")
+            raw = spec["deployments"]
+            if not isinstance(raw, list) or not raw:
+                self.error(f"{here}.deployments", "must be a non-empty list")
+                return []
+        else:
+            raw = [{"provider": spec.get("provider"), "upstream": spec.get("upstream")}]
+        out = []
+        for j, item in enumerate(raw):
+            where = f"{here}.deployments[{j}]" if "deployments" in spec else here
+            item = self.mapping(item, where, ("provider", "upstream", "weight", "priority"))
+            provider = self.string(item, "provider", where, required=True)
+            if provider is not None and provider not in providers:
+                self.error(f"{where}.provider", f"unknown provider {provider!r}")
+                provider = None
+            weight = self.number(item, "weight", where, 1.0)
+            priority = int(self.number(item, "priority", where, 0, integer=True, zero=True))
+            if provider is not None:
+                upstream = self.string(item, "upstream", where) or model_id
+                out.append(Deployment(provider=provider, upstream=upstream, weight=weight, priority=priority))
         return out
 
     def tiers(self, raw: Any, models: dict[str, Model]) -> dict[str, Tier]:

@@ -41,8 +41,10 @@ class GatewayError(Exception):
         status: int | None = None,
         type: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
+        self.retryable = retryable  # another attempt (key, deployment) may succeed
         self.message = message
         self.param = param
         self.status = status or self.status

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import ADAPTERS, CALLER, CONFIG, HTTP, RECORD
-from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import Adapter, Reply, Route, StreamTranslator, UpstreamRequest
+from gateway.appkeys import CALLER, HTTP, RECORD, RUNTIME
+from gateway.balancer import Target
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.providers.base import Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
 from gateway.sse import EventWriter, SSEDecoder, SSEError
 from gateway.upstream import open_upstream
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 from gateway.validation import check_chat, check_embeddings, include_usage, model_of, parse_body
 
+DEPLOYMENT_HEADER = "x-gateway-deployment"  # which provider/upstream served the answer
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,12 +32,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = visible_models(request.app[CONFIG], request[CALLER].tier)
+    models = visible_models(request[RUNTIME].config, request[CALLER].tier)
     return json_response({"object": "list", "data": [_model_object(m) for m in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    model = find_visible(request.app[CONFIG], request[CALLER], request.match_info["model"])
+    model = find_visible(request[RUNTIME].config, request[CALLER], request.match_info["model"])
     return json_response(_model_object(model))
 
 
@@ -40,20 +45,7 @@ def _model_object(model: Any) -> dict[str, Any]:
     return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.owned_by}
 
 
-async def _route(request: web.Request) -> tuple[Route, Adapter]:
-    """Resolve the requested model for this caller, filling the usage record as we go."""
-    record = request[RECORD]
-    assert record.model is not None
-    route = resolve(request.app[CONFIG], request[CALLER], record.model)
-    record.provider, record.upstream_model = route.provider.name, route.model.upstream
-    adapter = request.app[ADAPTERS].get(route.provider.name)
-    if adapter is None:
-        raise GatewayError(
-            f"Provider kind '{route.provider.kind}' is not supported yet.", status=501, code="not_implemented"
-        )
-    if not route.provider.api_key:
-        raise adapter.missing_key_error()
-    return route, adapter
+# -- chat --------------------------------------------------------------------------------
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -61,45 +53,57 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     record = request[RECORD]
     record.model = model_of(body)
     check_chat(body)
-    route, adapter = await _route(request)
-    stream = body.get("stream") is True
-    record.stream = stream
-    reply = Reply(model=route.model.id, created=int(time.time()), include_usage=stream and include_usage(body))
-    upstream = adapter.chat_request(body, route, stream)
-    if not stream:
+    stream = record.stream = body.get("stream") is True
+    created = int(time.time())
+    wants_usage = stream and include_usage(body)
+
+    async def attempt(target: Target) -> web.StreamResponse:
+        reply = Reply(model=record.model or "", created=created, include_usage=wants_usage)
+        upstream = target.adapter.chat_request(body, target.route, stream)
+        if stream:
+            return await _stream_chat(request, target, upstream, target.adapter.stream_translator(target.route, reply))
         started = time.monotonic()
-        async with open_upstream(request.app[HTTP], adapter, upstream, stream=False) as resp:
+        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
             record.ttfb_ms = _ms_since(started)
             data = await resp.read()
-        completion = adapter.chat_response(data, route, reply)
+        completion = target.adapter.chat_response(data, target.route, reply)
         record.add_usage(completion.get("usage"))
-        return json_response(completion)
-    return await _stream_chat(request, adapter, upstream, adapter.stream_translator(route, reply), record)
+        return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
+
+    return await _with_fallback(request, attempt)
 
 
 async def _stream_chat(
-    request: web.Request,
-    adapter: Adapter,
-    upstream: UpstreamRequest,
-    translator: StreamTranslator,
-    record: UsageRecord,
+    request: web.Request, target: Target, upstream: UpstreamRequest, translator: StreamTranslator
 ) -> web.StreamResponse:
     """Pipe one upstream stream to the client, chunk by chunk, as it arrives.
 
-    Nothing is sent until the upstream has answered 2xx, so its errors keep their
-    status.  After that, a failure becomes one final `data: {"error": ...}` event."""
-    out = EventWriter(request)
+    Nothing is sent until the upstream's first bytes have been read and translated,
+    so an upstream that fails at once (bad status, stall, error event) still gets a
+    real status and may be retried elsewhere.  After that, a failure becomes one
+    final `data: {"error": ...}` event."""
+    record = request[RECORD]
+    out = EventWriter(request, headers={DEPLOYMENT_HEADER: target.label})
     started = time.monotonic()
     try:
-        async with open_upstream(request.app[HTTP], adapter, upstream, stream=True) as resp:
+        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=True) as resp:
             decoder = SSEDecoder()
+            try:
+                async with asyncio.timeout(target.route.provider.timeouts.first_byte):
+                    first = await resp.content.readany()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The {target.route.provider.name} provider sent no answer in time.", retryable=True
+                ) from None
+            pending = [c for event in decoder.feed(first) for c in translator.feed(event)]
             await out.prepare()
+            record.ttfb_ms = _ms_since(started)
+            for chunk in pending:
+                await out.send(chunk)
             async for raw in resp.content.iter_any():
                 for event in decoder.feed(raw):
                     for chunk in translator.feed(event):
                         await out.send(chunk)
-                        if record.ttfb_ms is None:
-                            record.ttfb_ms = _ms_since(started)
             for event in decoder.close():
                 for chunk in translator.feed(event):
                     await out.send(chunk)
@@ -130,19 +134,96 @@ async def _send_error(out: EventWriter, record: UsageRecord, exc: GatewayError) 
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
 
 
-async def embeddings(request: web.Request) -> web.Response:
+# -- embeddings --------------------------------------------------------------------------
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
     body = parse_body(await request.read())
-    request[RECORD].model = model_of(body)
+    record = request[RECORD]
+    record.model = model_of(body)
     check_embeddings(body)
-    route, adapter = await _route(request)
-    upstream = adapter.embeddings_request(body, route)
-    started = time.monotonic()
-    async with open_upstream(request.app[HTTP], adapter, upstream, stream=False) as resp:
-        request[RECORD].ttfb_ms = _ms_since(started)
-        data = await resp.read()
-    result = adapter.embeddings_response(data, body, route)
-    request[RECORD].add_usage(result.get("usage"))
-    return json_response(result)
+
+    async def attempt(target: Target) -> web.StreamResponse:
+        upstream = target.adapter.embeddings_request(body, target.route)
+        started = time.monotonic()
+        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
+            record.ttfb_ms = _ms_since(started)
+            data = await resp.read()
+        result = target.adapter.embeddings_response(data, body, target.route)
+        record.add_usage(result.get("usage"))
+        return json_response(result, headers={DEPLOYMENT_HEADER: target.label})
+
+    return await _with_fallback(request, attempt)
+
+
+# -- retries and fallback ----------------------------------------------------------------
+
+
+async def _with_fallback(
+    request: web.Request, attempt: Callable[[Target], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run `attempt` on the model's targets in plan order until one answers.
+
+    Only `retryable` failures move on (connection errors, timeouts before the first
+    byte, 429, 5xx, overload), and never once the client has received a byte: a
+    streaming attempt turns its own late failures into a final error event."""
+    runtime, record = request[RUNTIME], request[RECORD]
+    model = resolve(runtime.config, request[CALLER], record.model or "").model  # 404 / 403
+    plan = runtime.balancer.plan(model.id)
+    routing = runtime.config.routing
+    tried: list[str] = []
+    try:
+        for i in range(routing.attempts):
+            target = plan[i % len(plan)]
+            record.provider, record.upstream_model = target.route.provider.name, target.route.model.upstream
+            try:
+                if target.adapter is None:
+                    raise GatewayError(
+                        f"Provider kind '{target.route.provider.kind}' is not supported.", status=501,
+                        code="not_implemented",
+                    )  # fmt: skip
+                if not target.route.provider.api_key:
+                    raise target.adapter.missing_key_error()
+                async with runtime.balancer.slot(target):
+                    response = await attempt(target)
+            except GatewayError as exc:
+                tried.append(f"{target.label}={exc.status}")
+                nxt = plan[(i + 1) % len(plan)]
+                unconfigured = exc.code == "provider_not_configured"  # try another deployment, if any
+                if exc.retryable:
+                    runtime.balancer.failed(target, _retry_after(exc))
+                delay = _retry_delay(exc, i, target, nxt, routing.backoff)
+                may_retry = exc.retryable or (unconfigured and nxt.label != target.label)
+                if not may_retry or i + 1 >= routing.attempts or delay > routing.max_retry_after:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            failed_late = record.status >= 500 and record.status != CLIENT_CLOSED
+            tried.append(f"{target.label}={record.status or response.status}")
+            if failed_late:
+                runtime.balancer.failed(target)
+            else:
+                runtime.balancer.succeeded(target)
+            return response
+        raise AssertionError("routing.attempts is at least 1")
+    finally:
+        record.attempts = " ".join(tried) or None
+
+
+def _retry_after(exc: GatewayError) -> float | None:
+    value = exc.headers.get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare from APIs; treat as unknown
+
+
+def _retry_delay(exc: GatewayError, attempt: int, target: Target, nxt: Target, backoff: float) -> float:
+    """No wait before trying a different target; before trying the same one again,
+    exponential backoff, or the upstream's Retry-After when it asks for longer."""
+    if nxt.label != target.label:
+        return 0.0
+    return max(backoff * 2**attempt, _retry_after(exc) or 0.0)
 
 
 def _ms_since(started: float) -> float:

@@ -8,6 +8,7 @@ this module catches `aiohttp.ClientError`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,23 +40,36 @@ def new_session() -> aiohttp.ClientSession:
 async def open_upstream(
     session: aiohttp.ClientSession, adapter: Adapter, req: UpstreamRequest, *, stream: bool
 ) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST `req`; yield the 2xx response.  Failures before the response headers are
+    `retryable` (nothing has reached the client); the rest are final."""
     provider = adapter.provider
     t = provider.timeouts
     timeout = aiohttp.ClientTimeout(total=None if stream else t.total, sock_connect=t.connect, sock_read=t.read)
+    headers_seen = False
     try:
-        async with session.post(req.url, data=req.body, headers=dict(req.headers), timeout=timeout) as resp:
+        async with asyncio.timeout(t.first_byte):
+            resp = await session.post(req.url, data=req.body, headers=dict(req.headers), timeout=timeout)
+        headers_seen = True
+        try:
             if resp.status >= 300:
                 body = await resp.content.read(_MAX_ERROR_BODY)
                 log.info("upstream %s answered HTTP %d", provider.name, resp.status)
                 raise adapter.error(resp.status, body, resp.headers)
             yield resp
+        except BaseException:
+            resp.close()  # an unfinished answer: drop the connection, never reuse it
+            raise
+        else:
+            resp.release()
     except GatewayError:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(f"The {provider.name} provider did not answer in time.") from None
+        raise UpstreamTimeout(
+            f"The {provider.name} provider did not answer in time.", retryable=not headers_seen
+        ) from None
     except aiohttp.ClientConnectorError:
         raise UpstreamError(
-            f"Could not connect to the {provider.name} provider.", code="upstream_unreachable"
+            f"Could not connect to the {provider.name} provider.", code="upstream_unreachable", retryable=True
         ) from None
     except aiohttp.ClientPayloadError:
         raise UpstreamError(
@@ -63,4 +77,6 @@ async def open_upstream(
         ) from None
     except aiohttp.ClientError as exc:
         log.info("upstream %s failed: %s", provider.name, type(exc).__name__)
-        raise UpstreamError(f"The connection to the {provider.name} provider failed.") from None
+        raise UpstreamError(
+            f"The connection to the {provider.name} provider failed.", retryable=not headers_seen
+        ) from None

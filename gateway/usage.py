@@ -45,6 +45,7 @@ _MIGRATIONS: Final = (
     CREATE INDEX usage_ts ON usage (ts);
     CREATE INDEX usage_key_ts ON usage (key_name, ts);
     """,
+    "ALTER TABLE usage ADD COLUMN attempts TEXT;",  # v2: every upstream attempt, "label=status ..."
 )
 
 
@@ -66,6 +67,7 @@ class UsageRecord:
     latency_ms: float | None = None
     ttfb_ms: float | None = None
     error_code: str | None = None
+    attempts: str | None = None
 
     def add_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI-shaped usage object, tolerating junk."""

@@ -46,6 +46,7 @@ def base_config(upstreams: dict[str, tuple[str, str]], db: str, **extra: Any) ->
             "free": {"models": [f"{n}-small" for n in upstreams]},
             "pro": {"extends": "free", "models": [f"{n}-large" for n in upstreams]},
         },
+        "routing": {"backoff": 0.01},  # retries stay, the waiting goes: tests must be fast
         "keys": [
             {"name": "alice", "key": "${PRO_KEY}", "tier": "pro"},
             {"name": "bob", "key": "${FREE_KEY}", "tier": "free"},

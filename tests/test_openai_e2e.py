@@ -282,10 +282,12 @@ async def test_upstream_errors_keep_openai_shape(
     body = fixture_json(fixture) if fixture else {"error": {"message": f"upstream says {status}", "type": "x"}}
     if status == 401:
         body = {"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}", "type": "invalid_request_error"}}
-    upstream.script(json_reply(body, status, {"Retry-After": "7"} if status == 429 else None))
+    upstream.script(*[json_reply(body, status, {"Retry-After": "7"} if status == 429 else None)] * 3)
     with pytest.raises(sdk_error) as exc:
         await gateway.client().chat.completions.create(model="oai-small", messages=MESSAGES)
     err = exc.value
+    # 5xx is retried (3 attempts by default); a 4xx never; a 429 asking for 7 s goes back to the client at once
+    assert len(upstream.requests) == (3 if status >= 500 else 1)
     assert err.status_code == want_status
     validate_error({"error": err.body})
     assert UPSTREAM_KEY not in str(err.body)
@@ -296,9 +298,10 @@ async def test_upstream_errors_keep_openai_shape(
 
 
 async def test_upstream_error_before_stream_keeps_status(gateway: Gateway, upstream: FakeUpstream) -> None:
-    upstream.script(json_reply(fixture_json("openai_error_429_insufficient_quota.json"), 429))
+    upstream.script(*[json_reply(fixture_json("openai_error_429_insufficient_quota.json"), 429)] * 3)
     with pytest.raises(openai.RateLimitError):
         await gateway.client().chat.completions.create(model="oai-small", messages=MESSAGES, stream=True)
+    assert len(upstream.requests) == 3  # retried (no byte had reached the client), then given up
 
 
 async def test_upstream_dies_mid_stream_gives_final_error_event(gateway: Gateway, upstream: FakeUpstream) -> None:
@@ -318,12 +321,22 @@ async def test_upstream_dies_mid_stream_gives_final_error_event(gateway: Gateway
 async def test_upstream_error_event_mid_stream(gateway: Gateway, upstream: FakeUpstream) -> None:
     first = fixture_bytes("openai_chunks_finish_length.sse").split(b"\n\n")[0] + b"\n\n"
     err = b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
-    upstream.script(sse_reply(first + err))
+    upstream.script(sse_reply(first + err, "bytes"))  # the first chunk goes out before the error arrives
     stream = await gateway.client().chat.completions.create(model="oai-small", messages=MESSAGES, stream=True)
+    got = []
     with pytest.raises(openai.APIError) as exc:
-        async for _ in stream:
-            pass
-    assert "The server had an error" in exc.value.message
+        async for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 1 and "The server had an error" in exc.value.message
+
+
+async def test_upstream_error_event_before_any_chunk_is_a_real_status(gateway: Gateway, upstream: FakeUpstream) -> None:
+    err = b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+    upstream.script(*[sse_reply(err)] * 3)
+    with pytest.raises(openai.InternalServerError) as exc:
+        await gateway.client().chat.completions.create(model="oai-small", messages=MESSAGES, stream=True)
+    assert exc.value.status_code == 502 and "The server had an error" in exc.value.message
+    assert len(upstream.requests) == 3  # nothing had reached the client, so it was retried
 
 
 async def test_connection_refused_is_502(start_gateway: Any, tmp_path: Any) -> None:
@@ -341,9 +354,9 @@ async def test_upstream_timeout_is_504(start_gateway: Any, openai_upstream: Any,
 
     fake, url = openai_upstream
     doc = base_config({"oai": ("openai", url)}, str(tmp_path / "u.db"))
-    doc["providers"]["oai"]["timeouts"] = {"read": 0.3}
+    doc["providers"]["oai"]["timeouts"] = {"first_byte": 0.3}
     gw = await start_gateway(doc)
-    fake.script(Reply(json={}, delay=5))
+    fake.script(*[Reply(json={}, delay=5)] * 3)
     with pytest.raises(openai.InternalServerError) as exc:
         await gw.client().chat.completions.create(model="oai-small", messages=MESSAGES)
     assert exc.value.status_code == 504

@@ -71,7 +71,7 @@ async def test_reopening_keeps_schema_and_rows(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM usage").fetchone() == (2,)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def test_parse_since() -> None:

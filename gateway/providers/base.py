@@ -192,19 +192,22 @@ class Adapter:
             )
         if status == 429:
             return RateLimited(
-                message, type=type or "rate_limit_error", code=code or "rate_limit_exceeded", headers=headers
-            )
+                message, type=type or "rate_limit_error", code=code or "rate_limit_exceeded", headers=headers,
+                retryable=True,
+            )  # fmt: skip
         if status == 404:
             return NotFound(message, param=param, code=code or "model_not_found")
         if status in (503, 529):
             return ServiceUnavailable(
-                f"The {name} provider is overloaded or unavailable: {message}", headers=headers or {"Retry-After": "1"}
+                f"The {name} provider is overloaded or unavailable: {message}",
+                headers=headers or {"Retry-After": "1"},
+                retryable=True,
             )
         if status in (408, 504):
-            return UpstreamTimeout(f"The {name} provider timed out: {message}")
+            return UpstreamTimeout(f"The {name} provider timed out: {message}", retryable=True)
         if 400 <= status < 500:
             return GatewayError(message, status=status, type=type or "invalid_request_error", code=code, param=param)
-        return UpstreamError(f"The {name} provider failed (HTTP {status}): {message}")
+        return UpstreamError(f"The {name} provider failed (HTTP {status}): {message}", retryable=status >= 500)
 
     def scrub(self, text: str) -> str:
         key = self.provider.api_key

@@ -1,0 +1,140 @@
+"""Which upstream serves a call: deployments, keys, cool-downs and per-provider capacity.
+
+A model has one or more deployments (provider + upstream name, weight, priority),
+and a provider one or more keys; each (deployment, key) pair is a `Target`, built
+once per configuration.  `plan(model)` orders a model's targets for one call:
+lowest priority number first, deployments of equal priority in weighted-random
+order, the keys of a deployment round-robin, and targets cooling down after
+repeated failures moved to the back (never dropped: a cooled target beats none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+from gateway.config import Config, Model, Provider, Routing
+from gateway.errors import ServiceUnavailable
+from gateway.providers import ADAPTERS
+from gateway.providers.base import Adapter, Route
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    route: Route  # the model as this deployment names it, and the provider with this key
+    adapter: Adapter
+    label: str  # "provider/upstream" (+ "#key" when the provider has several): safe to log and show
+    deployment: int  # index among the model's deployments
+    weight: float
+    priority: int
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    cool_until: float = 0.0
+
+
+class Balancer:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.routing: Routing = config.routing
+        self.clock = clock
+        self._targets: dict[str, list[list[Target]]] = {}  # model id -> per deployment, its keys
+        self._health: dict[str, _Health] = {}
+        self._turn = itertools.count()
+        self._gates = {name: _Gate(p) for name, p in config.providers.items() if p.max_concurrency}
+        for model in config.models.values():
+            self._targets[model.id] = [
+                self._keyed_targets(config.providers[d.provider], model, i)
+                for i, d in enumerate(model.deployments or ())
+            ]
+
+    @staticmethod
+    def _keyed_targets(provider: Provider, model: Model, index: int) -> list[Target]:
+        dep = model.deployments[index]
+        routed = replace(model, provider=dep.provider, upstream=dep.upstream)
+        keys: tuple[str | None, ...] = provider.api_keys or (None,)
+        kind = ADAPTERS.get(provider.kind)
+        out = []
+        for k, key in enumerate(keys):
+            keyed = replace(provider, api_key=key)
+            label = f"{provider.name}/{dep.upstream}" + (f"#{k}" if len(keys) > 1 else "")
+            adapter = kind(keyed) if kind else None
+            out.append(Target(Route(routed, keyed), adapter, label, index, dep.weight, dep.priority))  # type: ignore[arg-type]
+        return out
+
+    def plan(self, model_id: str) -> list[Target]:
+        per_deployment = self._targets[model_id]
+        turn = next(self._turn)
+        ordered: list[Target] = []
+        by_priority = sorted({keys[0].priority for keys in per_deployment})
+        for priority in by_priority:
+            group = [keys for keys in per_deployment if keys[0].priority == priority]
+            # weighted random order without replacement (Efraimidis-Spirakis keys)
+            group.sort(key=lambda keys: random.random() ** (1.0 / keys[0].weight), reverse=True)
+            for keys in group:
+                start = turn % len(keys)
+                ordered.extend(keys[start:] + keys[:start])
+        now = self.clock()
+        healthy = [t for t in ordered if self._health.get(t.label, _Health()).cool_until <= now]
+        cooling = [t for t in ordered if t not in healthy]
+        return healthy + cooling
+
+    def succeeded(self, target: Target) -> None:
+        health = self._health.get(target.label)
+        if health is not None:
+            health.failures = 0
+
+    def failed(self, target: Target, retry_after: float | None = None) -> None:
+        health = self._health.setdefault(target.label, _Health())
+        health.failures += 1
+        now = self.clock()
+        if retry_after:
+            health.cool_until = max(health.cool_until, now + min(retry_after, self.routing.max_retry_after))
+        if health.failures >= self.routing.failures_before_cooldown:
+            health.cool_until = max(health.cool_until, now + self.routing.cooldown)
+            health.failures = 0
+
+    def cooling(self, target: Target) -> bool:
+        return self._health.get(target.label, _Health()).cool_until > self.clock()
+
+    @asynccontextmanager
+    async def slot(self, target: Target) -> AsyncIterator[None]:
+        """Hold one of the provider's concurrency slots for the whole upstream call."""
+        gate = self._gates.get(target.route.provider.name)
+        if gate is None:
+            yield
+            return
+        async with gate.hold():
+            yield
+
+
+class _Gate:
+    """At most `max_concurrency` calls in flight; others queue up to `queue_timeout`, then 503."""
+
+    def __init__(self, provider: Provider) -> None:
+        assert provider.max_concurrency
+        self.provider = provider
+        self._sem = asyncio.Semaphore(provider.max_concurrency)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.provider.queue_timeout):
+                await self._sem.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"The {self.provider.name} provider is at its concurrency limit; retry shortly.",
+                code="provider_busy",
+                headers={"Retry-After": "1"},
+                retryable=True,
+            ) from None
+        try:
+            yield
+        finally:
+            self._sem.release()

@@ -1,0 +1,53 @@
+"""The configuration in force, and its replacement on reload.
+
+Everything a request needs that derives from the YAML (the config itself, the
+routing targets and their health) is one immutable `Runtime`.  A request takes
+the current one when it starts and keeps it to the end, so a reload never changes
+the rules under a request in flight.  An invalid new file is rejected whole."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.balancer import Balancer
+from gateway.config import Config, ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    balancer: Balancer
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        return cls(config, Balancer(config))
+
+
+class Live:
+    """Holds the current `Runtime`; `reload` swaps it atomically (one assignment)."""
+
+    def __init__(self, runtime: Runtime, path: str | Path | None = None) -> None:
+        self.current = runtime
+        self.path = path
+
+    def reload(self) -> bool:
+        if self.path is None:
+            log.warning("reload requested, but the configuration was not loaded from a file")
+            return False
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            log.error("reload rejected, the old configuration stays in force:\n  %s", "\n  ".join(exc.errors))
+            return False
+        old = self.current.config
+        if (config.host, config.port, config.database) != (old.host, old.port, old.database):
+            log.warning("reload: server address and database changes take effect only after a restart")
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.current = Runtime.build(config)
+        log.info("configuration reloaded from %s", self.path)
+        return True
