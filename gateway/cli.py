@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import re
+import signal
 import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from aiohttp import web
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
@@ -73,8 +77,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for warning in config.warnings:
         log.warning("%s", warning)
-    from aiohttp import web
-
     from gateway.app import create_app
 
     try:
@@ -84,17 +86,27 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     host, port = args.host or config.host, args.port or config.port
+    app = create_app(config, args.config)
+    app.on_startup.append(_reload_on_sighup)
     log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
     web.run_app(
-        create_app(config),
+        app,
         host=host,
         port=port,
         access_log=None,  # the accounting middleware logs one line per API call
         handler_cancellation=True,  # a client hang-up cancels the handler and closes the upstream call
         print=None,
+        shutdown_timeout=config.shutdown_timeout,  # SIGTERM/SIGINT: in-flight requests get this long
         **({"loop": loop_factory()} if loop_factory else {}),
     )
     return 0
+
+
+async def _reload_on_sighup(app: web.Application) -> None:
+    """SIGHUP re-reads the YAML; an invalid file is logged and the old config stays."""
+    from gateway.appkeys import LIVE
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[LIVE].reload)
 
 
 _SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
