@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,38 @@ def base_config(upstreams: dict[str, tuple[str, str]], db: str, **extra: Any) ->
 
 
 ENV = {"UPSTREAM_KEY": UPSTREAM_KEY, "PRO_KEY": PRO_KEY, "FREE_KEY": FREE_KEY}
+SECRETS = (UPSTREAM_KEY, PRO_KEY, FREE_KEY)
+SEEN: list[str] = []  # every log line and every JSON answer the gateway produced during the run
+
+
+class _Capture(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        SEEN.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_ever_leaks() -> Iterator[None]:
+    """After the whole run: no configured secret in any log line or response body."""
+    handler = _Capture(level=logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s %(exc_text)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    assert SEEN, "the capture saw nothing: the check would be vacuous"
+    leaks = [(secret, line[:200]) for line in SEEN for secret in SECRETS if secret in line]
+    assert not leaks, f"secrets leaked: {leaks[:5]}"
+
+
+@web.middleware
+async def _capture_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
+    response = await handler(request)
+    if isinstance(response, web.Response) and response.body is not None:
+        SEEN.append(bytes(response.body).decode("utf-8", "replace"))
+    return response
 
 
 @dataclass
@@ -101,6 +134,7 @@ async def start_gateway(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Ca
     async def start(doc: dict[str, Any], env: dict[str, str] | None = None) -> Gateway:
         config = parse_config(doc, ENV if env is None else env, created=1_700_000_000)
         app = create_app(config)
+        app.middlewares.insert(0, _capture_bodies)
         server = await aiohttp_server(app, host="127.0.0.1")  # TestServer cancels handlers on hang-up, as `serve` does
         started.append(Gateway(server, app, config))
         return started[-1]
