@@ -4,7 +4,6 @@ OpenAI error or a success: never a traceback, never a 500, never a hang."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import orjson
