@@ -62,6 +62,13 @@ async def faulty_upstream(request: web.Request) -> web.StreamResponse:
             }  # fmt: skip
         )
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    try:
+        return await _write_stream(request, resp, roll)
+    except ConnectionResetError:  # the gateway hung up because its client did: expected here
+        return resp
+
+
+async def _write_stream(request: web.Request, resp: web.StreamResponse, roll: float) -> web.StreamResponse:
     await resp.prepare(request)
     await resp.write(_chunk(0, {"role": "assistant", "content": ""}))
     for i in range(10):
