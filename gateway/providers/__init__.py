@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from gateway.providers.base import Adapter
+from gateway.providers.gemini import GeminiAdapter
 from gateway.providers.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     OpenAIAdapter.kind: OpenAIAdapter,
+    GeminiAdapter.kind: GeminiAdapter,
 }
