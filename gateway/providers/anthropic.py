@@ -190,7 +190,7 @@ class AnthropicAdapter(Adapter):
     def chat_response(self, data: bytes, route: Route, reply: Reply) -> Json:
         message = self.parse_json(data)
         if message.get("type") == "error":
-            raise self._error_from_body(0, message, {})
+            raise self.error_from_body(0, message, {})
         content = message.get("content")
         if not isinstance(content, list):
             raise UpstreamError(f"The {self.provider.name} provider returned a message without content.")
@@ -208,14 +208,7 @@ class AnthropicAdapter(Adapter):
     def stream_translator(self, route: Route, reply: Reply) -> StreamTranslator:
         return _AnthropicStream(reply, self)
 
-    def error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            body = None
-        return self._error_from_body(status, body, headers)
-
-    def _error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
+    def error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
         """`status` 0: an error inside a 200 answer or a stream; its type tells the status."""
         err = body.get("error") if isinstance(body, dict) else None
         if not isinstance(err, dict):
@@ -824,7 +817,7 @@ class _AnthropicStream(StreamTranslator):
         data = self.adapter.parse_json(event.data)
         kind = data.get("type")
         if kind == "error":
-            raise self.adapter._error_from_body(0, data, {})
+            raise self.adapter.error_from_body(0, data, {})
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         return handler(self, data) if handler else []  # ping and unknown events carry nothing for us
 

@@ -154,6 +154,15 @@ class Adapter:
 
     # -- errors ----------------------------------------------------------------------------
     def error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
+        """An upstream error answer; the body may be anything, JSON or not."""
+        try:
+            body: Any = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            body = None
+        return self.error_from_body(status, body, headers)
+
+    def error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
+        """Map the provider's parsed error body (None when it was not JSON)."""
         raise NotImplementedError
 
     # -- shared mechanism ------------------------------------------------------------------

@@ -228,7 +228,7 @@ class GeminiAdapter(Adapter):
     def chat_response(self, data: bytes, route: Route, reply: Reply) -> Json:
         response = self.parse_json(data)
         if isinstance(response.get("error"), dict):
-            raise self._google_error(_status_of(response["error"]), response, {})
+            raise self.error_from_body(_status_of(response["error"]), response, {})
         if isinstance(response.get("responseId"), str) and response["responseId"]:
             reply.id = "chatcmpl-" + response["responseId"]
         usage = _usage(response.get("usageMetadata"))
@@ -289,14 +289,7 @@ class GeminiAdapter(Adapter):
         }
 
     # -- errors ----------------------------------------------------------------------------
-    def error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            body = None
-        return self._google_error(status, body, headers)
-
-    def _google_error(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
+    def error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
         """Map Google's `{error: {code, message, status, details}}` by its RPC status.
 
         The RPC status says more than the HTTP code: an invalid key is a 400
@@ -1002,7 +995,7 @@ class _GeminiStream(StreamTranslator):
     def feed(self, event: Event) -> list[Json]:
         response = self.adapter.parse_json(event.data)
         if isinstance(response.get("error"), dict):
-            raise self.adapter._google_error(_status_of(response["error"]), response, {})
+            raise self.adapter.error_from_body(_status_of(response["error"]), response, {})
         if not self.seen_event and isinstance(response.get("responseId"), str) and response["responseId"]:
             self.reply.id = "chatcmpl-" + response["responseId"]  # stable from the first chunk on
         self.seen_event = True

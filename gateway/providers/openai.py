@@ -38,7 +38,7 @@ class OpenAIAdapter(Adapter):
     def chat_response(self, data: bytes, route: Route, reply: Reply) -> Json:
         completion = self.parse_json(data)
         if "error" in completion:
-            raise self._error_from_body(200, completion, {})
+            raise self.error_from_body(200, completion, {})
         if not isinstance(completion.get("choices"), list):
             raise UpstreamError(f"The {self.provider.name} provider returned a body without choices.")
         completion["model"] = reply.model
@@ -60,14 +60,7 @@ class OpenAIAdapter(Adapter):
         result["model"] = route.model.id
         return result
 
-    def error(self, status: int, data: bytes, headers: Mapping[str, str]) -> GatewayError:
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            body = None
-        return self._error_from_body(status, body, headers)
-
-    def _error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
+    def error_from_body(self, status: int, body: Any, headers: Mapping[str, str]) -> GatewayError:
         err = body.get("error") if isinstance(body, dict) else None
         if not isinstance(err, dict):  # some servers send {"error": "text"} or plain text
             err = {"message": err if isinstance(err, str) else ""}
@@ -98,7 +91,7 @@ class _OpenAIStream(StreamTranslator):
             return []
         chunk = self.adapter.parse_json(event.data)
         if "error" in chunk:
-            raise self.adapter._error_from_body(200, chunk, {})
+            raise self.adapter.error_from_body(200, chunk, {})
         reply = self.reply
         if not self.seen_first and isinstance(chunk.get("id"), str) and chunk["id"]:
             reply.id = chunk["id"]  # keep the provider's id (support tickets quote it); stable from here on
