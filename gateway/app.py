@@ -9,26 +9,30 @@ from aiohttp import web
 
 from gateway import handlers
 from gateway.accounting import accounting_middleware, echo_request_id
-from gateway.appkeys import HTTP, LIVE, USAGE
+from gateway.appkeys import HTTP, LIMITER, LIVE, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config
 from gateway.errors import error_middleware
+from gateway.limits import InProcessLimiter, Limiter, load_month_usage
 from gateway.runtime import Live, Runtime
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
 
 
-def create_app(config: Config, path: str | None = None) -> web.Application:
-    """The gateway for `config`; `path` is the file a reload (SIGHUP) reads again."""
+def create_app(config: Config, path: str | None = None, limiter: Limiter | None = None) -> web.Application:
+    """The gateway for `config`; `path` is the file a reload (SIGHUP) reads again;
+    `limiter` holds the tier-limit counters (in this process unless given)."""
     # error handling outermost, so the usage record and auth both see GatewayErrors
     app = web.Application(
         middlewares=[error_middleware, accounting_middleware, auth_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[LIVE] = Live(Runtime.build(config), path)
+    app[LIMITER] = limiter or InProcessLimiter()
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
     app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(handlers.rate_limit_headers)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model:.+}", handlers.get_model)
@@ -46,5 +50,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 async def _usage_store(app: web.Application) -> AsyncIterator[None]:
     store = await UsageStore.open(app[LIVE].current.config.database)
     app[USAGE] = store
+    # the monthly quota survives restarts: this month's tokens per key, from the log
+    await app[LIMITER].seed_month(await load_month_usage(app[LIVE].current.config.database))
     yield
     await store.close()  # flushes every queued row

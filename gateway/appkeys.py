@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.limits import Limiter
 from gateway.routing import Caller
 from gateway.runtime import Live, Runtime
 from gateway.usage import UsageRecord, UsageStore
@@ -13,8 +14,10 @@ from gateway.usage import UsageRecord, UsageStore
 LIVE = web.AppKey("LIVE", Live)  # the configuration in force; swapped on reload
 HTTP = web.AppKey("HTTP", aiohttp.ClientSession)
 USAGE = web.AppKey("USAGE", UsageStore)
+LIMITER = web.AppKey("LIMITER", Limiter)  # tier capacity counters; survive reloads
 
 RUNTIME = web.RequestKey("RUNTIME", Runtime)  # the configuration this request started with
 CALLER = web.RequestKey("CALLER", Caller)
 RECORD = web.RequestKey("RECORD", UsageRecord)
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
+RATE_HEADERS = web.RequestKey("RATE_HEADERS", dict)  # x-ratelimit-* for this request's answer

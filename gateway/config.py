@@ -79,10 +79,30 @@ class Model:
     deployments: tuple[Deployment, ...] = ()  # the first is `provider`/`upstream`
 
 
+LIMIT_FIELDS: Final = ("rpm", "tpm", "concurrency", "tokens_per_month")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Capacity of one key; None = unlimited.  `rpm` / `tpm`: requests / tokens per
+    rolling minute; `concurrency`: requests in flight; `tokens_per_month`: calendar
+    month (UTC) quota, counted from the usage log."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    tokens_per_month: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        """These limits, with every field left unset taken from `base`."""
+        return Limits(*(getattr(self, f) if getattr(self, f) is not None else getattr(base, f) for f in LIMIT_FIELDS))
+
+
 @dataclass(frozen=True, slots=True)
 class Tier:
     name: str
     models: frozenset[str]  # parents' models included
+    limits: Limits = field(default_factory=Limits)  # parents' limits merged field by field
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +110,7 @@ class ApiKey:
     name: str
     key_sha256: str
     tier: str
+    limits: Limits = field(default_factory=Limits)  # the tier's, with the key's own overrides applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,10 +469,12 @@ class _Parser:
             return {}
         section = self.mapping(raw, "tiers", tuple(raw) if isinstance(raw, dict) else ())
         own: dict[str, list[str]] = {}
+        own_limits: dict[str, Limits] = {}
         parent: dict[str, str] = {}
         for name, spec in section.items():
             here = f"tiers.{name}"
-            spec = self.mapping(spec, here, ("models", "extends"))
+            spec = self.mapping(spec, here, ("models", "extends", "limits"))
+            own_limits[str(name)] = self.limits(spec.get("limits"), f"{here}.limits")
             listed = spec.get("models", [])
             if not isinstance(listed, list):
                 self.error(f"{here}.models", f"must be a list of model ids, got {_kind(listed)}")
@@ -478,8 +501,25 @@ class _Parser:
                     break
                 chain.append(nxt)
             allowed = frozenset(m for t in chain for m in own[t])
-            tiers[name] = Tier(name=name, models=allowed)
+            limits = Limits()
+            for t in reversed(chain):  # the root first; each child replaces what it sets
+                limits = own_limits[t].over(limits)
+            tiers[name] = Tier(name=name, models=allowed, limits=limits)
         return tiers
+
+    def limits(self, raw: Any, where: str) -> Limits:
+        spec = self.mapping(raw, where, LIMIT_FIELDS)
+        values: dict[str, int | None] = {}
+        for name in LIMIT_FIELDS:
+            value = spec.get(name)
+            if value is None:
+                values[name] = None
+            elif isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                self.error(f"{where}.{name}", f"must be a positive integer, got {value!r}")
+                values[name] = None
+            else:
+                values[name] = value
+        return Limits(**values)
 
     def keys(self, raw: Any, tiers: dict[str, Tier]) -> dict[str, ApiKey]:
         out: dict[str, ApiKey] = {}
@@ -493,7 +533,8 @@ class _Parser:
             return out
         for i, spec in enumerate(raw):
             here = f"keys[{i}]"
-            spec = self.mapping(spec, here, ("name", "key", "key_sha256", "tier"))
+            spec = self.mapping(spec, here, ("name", "key", "key_sha256", "tier", "limits"))
+            own_limits = self.limits(spec.get("limits"), f"{here}.limits")
             name = self.string(spec, "name", here, required=True)
             tier = self.string(spec, "tier", here, required=True)
             if tier is not None and tier not in tiers:
@@ -532,7 +573,8 @@ class _Parser:
                 continue
             where_of[digest] = here
             if name is not None and tier is not None:
-                out[digest] = ApiKey(name=name, key_sha256=digest, tier=tier)
+                base = tiers[tier].limits if tier in tiers else Limits()
+                out[digest] = ApiKey(name=name, key_sha256=digest, tier=tier, limits=own_limits.over(base))
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.appkeys import CALLER, HTTP, RECORD, RUNTIME
+from gateway import limits
+from gateway.appkeys import CALLER, HTTP, LIMITER, RATE_HEADERS, RECORD, RUNTIME
 from gateway.balancer import Target
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.config import Limits
+from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
 from gateway.providers.base import Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
 from gateway.sse import EventWriter, SSEDecoder, SSEError
@@ -70,7 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         record.add_usage(completion.get("usage"))
         return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
 
-    return await _with_fallback(request, attempt)
+    return await _with_fallback(request, attempt, limits.estimate_chat_tokens(body))
 
 
 async def _stream_chat(
@@ -153,14 +156,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         record.add_usage(result.get("usage"))
         return json_response(result, headers={DEPLOYMENT_HEADER: target.label})
 
-    return await _with_fallback(request, attempt)
+    return await _with_fallback(request, attempt, limits.estimate_embedding_tokens(body))
 
 
 # -- retries and fallback ----------------------------------------------------------------
 
 
 async def _with_fallback(
-    request: web.Request, attempt: Callable[[Target], Awaitable[web.StreamResponse]]
+    request: web.Request, attempt: Callable[[Target], Awaitable[web.StreamResponse]], estimated_tokens: int = 0
 ) -> web.StreamResponse:
     """Run `attempt` on the model's targets in plan order until one answers.
 
@@ -169,6 +172,7 @@ async def _with_fallback(
     streaming attempt turns its own late failures into a final error event."""
     runtime, record = request[RUNTIME], request[RECORD]
     model = resolve(runtime.config, request[CALLER], record.model or "").model  # 404 / 403
+    admission = await _admit(request, estimated_tokens)  # 429 before any upstream call
     plan = runtime.balancer.plan(model.id)
     routing = runtime.config.routing
     tried: list[str] = []
@@ -208,6 +212,66 @@ async def _with_fallback(
         raise AssertionError("routing.attempts is at least 1")
     finally:
         record.attempts = " ".join(tried) or None
+        if admission is not None:  # the real usage replaces the estimate; the slot frees
+            await request.app[LIMITER].release(admission, record.total_tokens)
+
+
+# -- tier limits -------------------------------------------------------------------------
+
+_NO_LIMITS = Limits()
+
+
+async def _admit(request: web.Request, estimated_tokens: int) -> limits.Admission | None:
+    """Count the request against its key's limits, or refuse it with a 429."""
+    key = request[CALLER].key
+    if key.limits == _NO_LIMITS:
+        return None
+    admission = await request.app[LIMITER].admit(key.name, key.limits, estimated_tokens)
+    request[RATE_HEADERS] = limits.rate_headers(admission)
+    if admission.rejected is not None:
+        raise _refusal(admission)
+    return admission
+
+
+def _refusal(adm: limits.Admission) -> RateLimited:
+    lim = adm.limits
+    headers: dict[str, str] = {}
+    if adm.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(adm.retry_after)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(adm.retry_after * 1000)))
+    if adm.rejected == limits.QUOTA:
+        headers["x-should-retry"] = "false"  # the official SDKs do not retry this one
+        return RateLimited(
+            f"You exceeded your monthly token quota ({lim.tokens_per_month} tokens; {adm.remaining_month} left, "
+            f"about {adm.estimate} needed). It renews on the 1st of next month (UTC); upgrade your plan for more.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers=headers,
+        )
+    if adm.rejected == limits.TOO_LARGE:
+        headers["x-should-retry"] = "false"
+        message = (
+            f"Request too large: about {adm.estimate} tokens, over your limit of {lim.tpm} tokens per minute. "
+            "Send a shorter prompt."
+        )
+    elif adm.rejected == limits.CONCURRENCY:
+        message = f"Rate limit reached: {lim.concurrency} requests in flight at once. Retry when one has finished."
+    elif adm.rejected == limits.RPM:
+        message = f"Rate limit reached: {lim.rpm} requests per minute. Please try again in {adm.retry_after:.3f}s."
+    else:
+        message = (
+            f"Rate limit reached: {lim.tpm} tokens per minute; {adm.remaining_tokens} left, about {adm.estimate} "
+            f"requested. Please try again in {adm.retry_after:.3f}s."
+        )
+    return RateLimited(message, type="rate_limit_exceeded", code="rate_limit_exceeded", headers=headers)
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer to a limited key, streamed or not, success
+    or 429, carries OpenAI's x-ratelimit-* headers (a stream's at its first byte)."""
+    headers = request.get(RATE_HEADERS)
+    if headers:
+        response.headers.update(headers)
 
 
 def _retry_after(exc: GatewayError) -> float | None:
