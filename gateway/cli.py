@@ -38,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     usage = sub.add_parser("usage", help="token totals per key and model from the usage log")
     usage.add_argument("--config", required=True)
     usage.add_argument("--since", help="ISO date/time (2026-11-01) or a span back from now (30m, 24h, 7d)")
+    usage.add_argument("--tiers", action="store_true", help="also print totals per tier")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
         return _check(args.config)
-    return _usage(args.config, args.since)
+    return _usage(args.config, args.since, args.tiers)
 
 
 def _load(path: str) -> Config | None:
@@ -128,7 +129,9 @@ def parse_since(value: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
-def _usage(path: str, since: str | None) -> int:
+def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
+    """Totals per key and model; per tier with `by_tier`; and, for every key with a
+    monthly quota, what is left of it this calendar month (UTC), whatever `since` says."""
     config = _load(path)
     if config is None:
         return 2
@@ -140,6 +143,8 @@ def _usage(path: str, since: str | None) -> int:
     if not Path(config.database).exists():
         print(f"no usage recorded yet ({config.database} does not exist)")
         return 0
+    from gateway.limits import month_start
+
     db = sqlite3.connect(f"file:{config.database}?mode=ro", uri=True)
     try:
         rows = db.execute(
@@ -148,17 +153,45 @@ def _usage(path: str, since: str | None) -> int:
                FROM usage WHERE ts >= ? GROUP BY 1, 2 ORDER BY 1, 2""",
             (start,),
         ).fetchall()
+        tiers = db.execute(
+            """SELECT coalesce(tier, '-'), count(*), sum(status >= 400), sum(prompt_tokens),
+                      sum(completion_tokens), sum(total_tokens)
+               FROM usage WHERE ts >= ? GROUP BY 1 ORDER BY 1""",
+            (start,),
+        ).fetchall()
+        month = dict(
+            db.execute(
+                "SELECT key_name, sum(total_tokens) FROM usage WHERE ts >= ? AND key_name IS NOT NULL GROUP BY 1",
+                (month_start(time.time()),),
+            ).fetchall()
+        )
     finally:
         db.close()
-    header = ("key", "model", "requests", "errors", "prompt", "completion", "total")
+    _table(("key", "model", "requests", "errors", "prompt", "completion", "total"), rows, 2)
+    if not rows:
+        print("(no requests in this period)")
+    if by_tier and tiers:
+        print()
+        _table(("tier", "requests", "errors", "prompt", "completion", "total"), tiers, 1)
+    quotas = [
+        (key.name, key.tier, key.limits.tokens_per_month, month.get(key.name) or 0)
+        for key in sorted(config.keys.values(), key=lambda k: k.name)
+        if key.limits.tokens_per_month is not None
+    ]
+    if quotas:
+        print()
+        _table(
+            ("key", "tier", "month quota", "used", "remaining"),
+            [(name, tier, quota, used, max(0, quota - used)) for name, tier, quota, used in quotas],
+            2,
+        )
+    return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]], text_columns: int) -> None:
+    """Print aligned columns: the first `text_columns` to the left, numbers to the right."""
     table = [header, *[tuple(str(v or 0) for v in row) for row in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:
-        print(
-            "  ".join(
-                cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    if not rows:
-        print("(no requests in this period)")
-    return 0
+        cells = zip(row, widths, strict=True)
+        print("  ".join(cell.ljust(w) if i < text_columns else cell.rjust(w) for i, (cell, w) in enumerate(cells)))

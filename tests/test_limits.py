@@ -391,3 +391,38 @@ async def test_key_override_applies(
     upstream.script(json_reply(TEXT))
     raw = await chat(gw)
     assert (raw.headers["x-ratelimit-limit-requests"], raw.headers["x-ratelimit-limit-tokens"]) == ("7", "5000")
+
+
+# -- gateway usage ---------------------------------------------------------------------------
+
+
+async def test_usage_command_per_tier_and_remaining_quota(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from gateway.cli import main as cli_main
+    from gateway.usage import UsageRecord, UsageStore
+
+    db = tmp_path / "u.db"
+    now = time.time()
+    store = await UsageStore.open(str(db))
+    store.record(UsageRecord(ts=now, key_name="alice", tier="pro", model="m", status=200, total_tokens=300))
+    store.record(UsageRecord(ts=now, key_name="bob", tier="free", model="m", status=200, total_tokens=70))
+    store.record(UsageRecord(ts=now, key_name="bob", tier="free", model="m", status=429, total_tokens=0))
+    store.record(
+        UsageRecord(ts=month_start(now) - 10, key_name="bob", tier="free", model="m", status=200, total_tokens=5)
+    )
+    await store.close()
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        f"database: {db}\nproviders: {{p: {{kind: openai, base_url: 'http://h'}}}}\n"
+        "models: [{id: m, provider: p}]\n"
+        "tiers: {free: {models: [m], limits: {tokens_per_month: 100}}, pro: {extends: free}}\n"
+        "keys: [{name: alice, key: a-key, tier: pro, limits: {tokens_per_month: 1000}},\n"
+        "       {name: bob, key: b-key, tier: free}]\n"
+    )
+    assert cli_main(["usage", "--config", str(config), "--tiers"]) == 0
+    out = [line.split() for line in capsys.readouterr().out.splitlines()]
+    tiers = out.index(["tier", "requests", "errors", "prompt", "completion", "total"])
+    assert out[tiers + 1 : tiers + 3] == [["free", "3", "1", "0", "0", "75"], ["pro", "1", "0", "0", "0", "300"]]
+    quota = out.index(["key", "tier", "month", "quota", "used", "remaining"])
+    assert out[quota + 1 :] == [["alice", "pro", "1000", "300", "700"], ["bob", "free", "100", "70", "30"]]
