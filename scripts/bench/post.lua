@@ -3,7 +3,8 @@
 -- Driven by environment variables (wrk passes no per-thread arguments otherwise):
 --   BENCH_BODIES  file with one JSON body per line; more than one line = round-robin mix
 --   BENCH_AUTH    bearer token (optional)
---   BENCH_LIMIT   stop each thread after this many responses (0 = run for -d only)
+-- Runs are bounded by -d only: wrk's main thread sleeps the full duration even when a
+-- thread stops early, so run.py's soak counts requests over short runs instead.
 -- `done` prints one machine-readable line, BENCH_RESULT {...}, with latencies in microseconds.
 
 local bodies = {}
@@ -33,17 +34,6 @@ if #bodies > 1 then
   request = function()
     i = i % #formatted + 1
     return formatted[i]
-  end
-end
-
-local limit = tonumber(os.getenv("BENCH_LIMIT") or "0") or 0
-if limit > 0 then
-  local seen = 0
-  response = function(status, headers, body)
-    seen = seen + 1
-    if seen >= limit then
-      wrk.thread:stop()
-    end
   end
 end
 
