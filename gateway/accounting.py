@@ -15,7 +15,7 @@ import uuid
 
 from aiohttp import web
 
-from gateway.appkeys import CALLER, RECORD, REQUEST_ID, USAGE
+from gateway.appkeys import CALLER, METRICS, RECORD, REQUEST_ID, USAGE
 from gateway.errors import GatewayError, Handler
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 
@@ -54,6 +54,7 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
         if not record.status:  # a bug escaped the handler: the error middleware answers 500
             record.status, record.error_code = 500, "internal_error"
         request.app[USAGE].record(record)
+        request.app[METRICS].observe(record)
         log.info(
             "%s %s key=%s model=%s status=%d latency_ms=%.1f request_id=%s",
             request.method,

@@ -9,11 +9,12 @@ from aiohttp import web
 
 from gateway import handlers
 from gateway.accounting import accounting_middleware, echo_request_id
-from gateway.appkeys import HTTP, LIMITER, LIVE, USAGE
+from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config
 from gateway.errors import error_middleware
 from gateway.limits import InProcessLimiter, Limiter, load_month_usage
+from gateway.metrics import Metrics
 from gateway.runtime import Live, Runtime
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
@@ -29,11 +30,13 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     )
     app[LIVE] = Live(Runtime.build(config), path)
     app[LIMITER] = limiter or InProcessLimiter()
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
     app.on_response_prepare.append(echo_request_id)
     app.on_response_prepare.append(handlers.rate_limit_headers)
     app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model:.+}", handlers.get_model)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)

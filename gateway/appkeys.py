@@ -7,6 +7,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.limits import Limiter
+from gateway.metrics import Metrics
 from gateway.routing import Caller
 from gateway.runtime import Live, Runtime
 from gateway.usage import UsageRecord, UsageStore
@@ -15,6 +16,7 @@ LIVE = web.AppKey("LIVE", Live)  # the configuration in force; swapped on reload
 HTTP = web.AppKey("HTTP", aiohttp.ClientSession)
 USAGE = web.AppKey("USAGE", UsageStore)
 LIMITER = web.AppKey("LIMITER", Limiter)  # tier capacity counters; survive reloads
+METRICS = web.AppKey("METRICS", Metrics)
 
 RUNTIME = web.RequestKey("RUNTIME", Runtime)  # the configuration this request started with
 CALLER = web.RequestKey("CALLER", Caller)

@@ -137,6 +137,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     routing: Routing = field(default_factory=Routing)
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    metrics_key_sha256: str | None = None  # /metrics needs this key; without one, loopback callers only
 
 
 def hash_key(key: str) -> str:
@@ -249,8 +250,16 @@ class _Parser:
 
     def parse(self, raw: Any) -> Config:
         top = self.mapping(
-            raw, "(top level)", ("server", "database", "providers", "models", "tiers", "keys", "routing")
+            raw, "(top level)", ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics")
         )
+        metrics = self.mapping(top.get("metrics"), "metrics", ("admin_key",))
+        metrics_key = None
+        if metrics.get("admin_key") is not None:
+            value, unset = self.expand(str(metrics["admin_key"]), "metrics.admin_key")
+            if value is None:
+                self.error("metrics.admin_key", f"environment variable {unset} is not set")
+            else:
+                metrics_key = hash_key(value)
         if raw is None:
             self.error("(top level)", "the file is empty")
         server = self.mapping(top.get("server"), "server", ("host", "port", "max_body_bytes", "shutdown_timeout"))
@@ -282,6 +291,7 @@ class _Parser:
             warnings=tuple(self.warnings),
             routing=routing,
             shutdown_timeout=shutdown_timeout,
+            metrics_key_sha256=metrics_key,
         )
 
     def routing(self, raw: Any) -> Routing:

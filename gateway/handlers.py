@@ -12,10 +12,11 @@ import orjson
 from aiohttp import web
 
 from gateway import limits
-from gateway.appkeys import CALLER, HTTP, LIMITER, RATE_HEADERS, RECORD, RUNTIME
+from gateway.appkeys import CALLER, HTTP, LIMITER, LIVE, METRICS, RATE_HEADERS, RECORD, RUNTIME
 from gateway.balancer import Target
 from gateway.config import Limits
 from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
+from gateway.metrics import CONTENT_TYPE, check_access
 from gateway.providers.base import Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
 from gateway.sse import EventWriter, SSEDecoder, SSEError
@@ -32,6 +33,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    check_access(request, request.app[LIVE].current.config.metrics_key_sha256)
+    return web.Response(body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -88,6 +94,7 @@ async def _stream_chat(
     record = request[RECORD]
     out = EventWriter(request, headers={DEPLOYMENT_HEADER: target.label})
     started = time.monotonic()
+    inflight, counted = request.app[METRICS].inflight_streams, False
     try:
         async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=True) as resp:
             decoder = SSEDecoder()
@@ -100,6 +107,8 @@ async def _stream_chat(
                 ) from None
             pending = [c for event in decoder.feed(first) for c in translator.feed(event)]
             await out.prepare()
+            inflight.inc()
+            counted = True
             record.ttfb_ms = _ms_since(started)
             for chunk in pending:
                 await out.send(chunk)
@@ -125,6 +134,8 @@ async def _stream_chat(
         return out.response
     finally:
         record.add_usage(translator.usage)
+        if counted:
+            inflight.dec()
     await out.close()
     return out.response
 
