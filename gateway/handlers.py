@@ -17,9 +17,9 @@ from gateway.balancer import Target
 from gateway.config import Limits
 from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
 from gateway.metrics import CONTENT_TYPE, check_access
-from gateway.providers.base import Reply, StreamTranslator, UpstreamRequest
+from gateway.providers.base import Json, Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
-from gateway.sse import EventWriter, SSEDecoder, SSEError
+from gateway.sse import Event, EventWriter, SSEDecoder, SSEError
 from gateway.upstream import open_upstream
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 from gateway.validation import check_chat, check_embeddings, include_usage, model_of, parse_body
@@ -105,22 +105,18 @@ async def _stream_chat(
                 raise UpstreamTimeout(
                     f"The {target.route.provider.name} provider sent no answer in time.", retryable=True
                 ) from None
-            pending = [c for event in decoder.feed(first) for c in translator.feed(event)]
+            pending, failure = _translate(decoder.feed(first), translator)
+            if failure is not None:
+                raise failure  # nothing sent yet: the client gets a real status
             await out.prepare()
             inflight.inc()
             counted = True
             record.ttfb_ms = _ms_since(started)
-            for chunk in pending:
-                await out.send(chunk)
+            await out.send_many(pending)
             async for raw in resp.content.iter_any():
-                for event in decoder.feed(raw):
-                    for chunk in translator.feed(event):
-                        await out.send(chunk)
-            for event in decoder.close():
-                for chunk in translator.feed(event):
-                    await out.send(chunk)
-            for chunk in translator.finish():
-                await out.send(chunk)
+                await _forward(out, decoder.feed(raw), translator)
+            await _forward(out, decoder.close(), translator)
+            await out.send_many(translator.finish())
             await out.done()
             record.status = 200
     except GatewayError as exc:
@@ -138,6 +134,25 @@ async def _stream_chat(
             inflight.dec()
     await out.close()
     return out.response
+
+
+def _translate(events: list[Event], translator: StreamTranslator) -> tuple[list[Json], GatewayError | None]:
+    """The chunks for one upstream read, and the error that stopped it, if any."""
+    chunks: list[Json] = []
+    try:
+        for event in events:
+            chunks.extend(translator.feed(event))
+    except GatewayError as exc:
+        return chunks, exc
+    return chunks, None
+
+
+async def _forward(out: EventWriter, events: list[Event], translator: StreamTranslator) -> None:
+    """Send one read's chunks in one write; chunks before an upstream error still go out."""
+    chunks, failure = _translate(events, translator)
+    await out.send_many(chunks)
+    if failure is not None:
+        raise failure
 
 
 async def _send_error(out: EventWriter, record: UsageRecord, exc: GatewayError) -> None:
