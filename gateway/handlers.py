@@ -71,15 +71,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         upstream = target.adapter.chat_request(body, target.route, stream)
         if stream:
             return await _stream_chat(request, target, upstream, target.adapter.stream_translator(target.route, reply))
-        started = time.monotonic()
-        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
-            record.ttfb_ms = _ms_since(started)
-            data = await resp.read()
+        data = await _call(request, target, upstream)
         completion = target.adapter.chat_response(data, target.route, reply)
         record.add_usage(completion.get("usage"))
         return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
 
     return await _with_fallback(request, attempt, limits.estimate_chat_tokens(body))
+
+
+async def _call(request: web.Request, target: Target, upstream: UpstreamRequest) -> bytes:
+    """One non-streamed upstream call: the whole answer body (errors raised as mapped)."""
+    started = time.monotonic()
+    async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
+        request[RECORD].ttfb_ms = _ms_since(started)
+        return await resp.read()
 
 
 async def _stream_chat(
@@ -173,11 +178,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     check_embeddings(body)
 
     async def attempt(target: Target) -> web.StreamResponse:
-        upstream = target.adapter.embeddings_request(body, target.route)
-        started = time.monotonic()
-        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
-            record.ttfb_ms = _ms_since(started)
-            data = await resp.read()
+        data = await _call(request, target, target.adapter.embeddings_request(body, target.route))
         result = target.adapter.embeddings_response(data, body, target.route)
         record.add_usage(result.get("usage"))
         return json_response(result, headers={DEPLOYMENT_HEADER: target.label})
@@ -197,7 +198,7 @@ async def _with_fallback(
     byte, 429, 5xx, overload), and never once the client has received a byte: a
     streaming attempt turns its own late failures into a final error event."""
     runtime, record = request[RUNTIME], request[RECORD]
-    model = resolve(runtime.config, request[CALLER], record.model or "").model  # 404 / 403
+    model = resolve(runtime.config, request[CALLER], record.model or "")  # 404 / 403
     admission = await _admit(request, estimated_tokens)  # 429 before any upstream call
     plan = runtime.balancer.plan(model.id)
     routing = runtime.config.routing

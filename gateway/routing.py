@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from gateway.config import ApiKey, Config, Model, Tier
 from gateway.errors import NotFound, PermissionDenied
-from gateway.providers.base import Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +23,9 @@ def visible_models(config: Config, tier: Tier) -> list[Model]:
     return [m for m in config.models.values() if allows(tier, m)]
 
 
-def resolve(config: Config, caller: Caller, model_id: str) -> Route:
-    """The route for `model_id`, or 404 (unknown) / 403 (outside the caller's tier)."""
+def resolve(config: Config, caller: Caller, model_id: str) -> Model:
+    """The model `model_id` names, or 404 (unknown) / 403 (outside the caller's tier).
+    Where it is served is the balancer's choice (`Balancer.plan`)."""
     model = config.models.get(model_id)
     if model is None:
         raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
@@ -34,7 +34,7 @@ def resolve(config: Config, caller: Caller, model_id: str) -> Route:
             f"The model `{model_id}` is not included in your tier '{caller.tier.name}'; upgrade your plan to use it.",
             param="model",
         )
-    return Route(model=model, provider=config.providers[model.provider])
+    return model
 
 
 def find_visible(config: Config, caller: Caller, model_id: str) -> Model:
