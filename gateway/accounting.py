@@ -11,12 +11,12 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 
 from aiohttp import web
 
 from gateway.appkeys import CALLER, METRICS, RECORD, REQUEST_ID, USAGE
 from gateway.errors import GatewayError, Handler
+from gateway.ids import hex_id
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 @web.middleware
 async def accounting_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("x-request-id", "")
-    request[REQUEST_ID] = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else hex_id()
     if request.path not in _ACCOUNTED or request.method != "POST":
         return await handler(request)
     started = time.monotonic()

@@ -44,15 +44,18 @@ class Balancer:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.routing: Routing = config.routing
         self.clock = clock
-        self._targets: dict[str, list[list[Target]]] = {}  # model id -> per deployment, its keys
+        # model id -> priority groups, lowest number first -> deployments -> their keys
+        self._groups: dict[str, list[list[list[Target]]]] = {}
         self._health: dict[str, _Health] = {}
         self._turn = itertools.count()
         self._gates = {name: _Gate(p) for name, p in config.providers.items() if p.max_concurrency}
         for model in config.models.values():
-            self._targets[model.id] = [
+            per_deployment = [
                 self._keyed_targets(config.providers[d.provider], model, i)
                 for i, d in enumerate(model.deployments or ())
             ]
+            priorities = sorted({keys[0].priority for keys in per_deployment})
+            self._groups[model.id] = [[k for k in per_deployment if k[0].priority == p] for p in priorities]
 
     @staticmethod
     def _keyed_targets(provider: Provider, model: Model, index: int) -> list[Target]:
@@ -69,17 +72,19 @@ class Balancer:
         return out
 
     def plan(self, model_id: str) -> list[Target]:
-        per_deployment = self._targets[model_id]
         turn = next(self._turn)
         ordered: list[Target] = []
-        by_priority = sorted({keys[0].priority for keys in per_deployment})
-        for priority in by_priority:
-            group = [keys for keys in per_deployment if keys[0].priority == priority]
-            # weighted random order without replacement (Efraimidis-Spirakis keys)
-            group.sort(key=lambda keys: random.random() ** (1.0 / keys[0].weight), reverse=True)
+        for group in self._groups[model_id]:
+            if len(group) > 1:  # weighted random order without replacement (Efraimidis-Spirakis keys)
+                group = sorted(group, key=lambda keys: random.random() ** (1.0 / keys[0].weight), reverse=True)
             for keys in group:
-                start = turn % len(keys)
-                ordered.extend(keys[start:] + keys[:start])
+                if len(keys) == 1:
+                    ordered.append(keys[0])
+                else:
+                    start = turn % len(keys)
+                    ordered.extend(keys[start:] + keys[:start])
+        if not self._health:  # nothing has ever failed: no cool-downs to look up
+            return ordered
         now = self.clock()
         healthy = [t for t in ordered if self._health.get(t.label, _Health()).cool_until <= now]
         cooling = [t for t in ordered if t not in healthy]

@@ -78,7 +78,22 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for warning in config.warnings:
         log.warning("%s", warning)
+    host, port = args.host or config.host, args.port or config.port
+    if config.workers == 1:
+        return _serve_one(config, args.config, host, port)
+    if sys.platform == "win32":
+        log.error("server.workers > 1 needs fork and SO_REUSEPORT (Linux, macOS, BSD)")
+        return 2
+    from gateway.workers import supervise
+
+    log.info("gateway %s listening on http://%s:%d/v1 with %d workers", __version__, host, port, config.workers)
+    return supervise(config.workers, lambda: _serve_one(config, args.config, host, port, quiet=True))
+
+
+def _serve_one(config: Config, path: str, host: str, port: int, *, quiet: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT in this process; with workers, each worker runs this."""
     from gateway.app import create_app
+    from gateway.workers import listening_socket
 
     try:
         import uvloop  # optional: faster event loop when installed
@@ -86,14 +101,18 @@ def _serve(args: argparse.Namespace) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
-    host, port = args.host or config.host, args.port or config.port
-    app = create_app(config, args.config)
+    try:
+        sock = listening_socket(host, port, reuse_port=config.workers > 1)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        return 2
+    app = create_app(config, path)
     app.on_startup.append(_reload_on_sighup)
-    log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
+    if not quiet:
+        log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
     web.run_app(
         app,
-        host=host,
-        port=port,
+        sock=sock,
         access_log=None,  # the accounting middleware logs one line per API call
         handler_cancellation=True,  # a client hang-up cancels the handler and closes the upstream call
         print=None,

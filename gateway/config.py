@@ -137,6 +137,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     routing: Routing = field(default_factory=Routing)
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    workers: int = 1  # processes serving the one port (SO_REUSEPORT), sharing the usage log
     metrics_key_sha256: str | None = None  # /metrics needs this key; without one, loopback callers only
 
 
@@ -262,11 +263,14 @@ class _Parser:
                 metrics_key = hash_key(value)
         if raw is None:
             self.error("(top level)", "the file is empty")
-        server = self.mapping(top.get("server"), "server", ("host", "port", "max_body_bytes", "shutdown_timeout"))
+        server = self.mapping(
+            top.get("server"), "server", ("host", "port", "max_body_bytes", "shutdown_timeout", "workers")
+        )
         host = self.string(server, "host", "server") or "127.0.0.1"
         port = int(self.number(server, "port", "server", 8080, integer=True))
         max_body = int(self.number(server, "max_body_bytes", "server", 32 * 1024 * 1024, integer=True))
         shutdown_timeout = self.number(server, "shutdown_timeout", "server", 30.0)
+        workers = int(self.number(server, "workers", "server", 1, integer=True))
         routing = self.routing(top.get("routing"))
         database = top.get("database", "data/gateway.db")
         if not isinstance(database, str) or not database:
@@ -277,6 +281,11 @@ class _Parser:
         models = self.models(top.get("models"), providers)
         tiers = self.tiers(top.get("tiers"), models)
         keys = self.keys(top.get("keys"), tiers)
+        if workers > 1 and any(k.limits != Limits() for k in keys.values()):
+            self.warnings.append(
+                f"server.workers is {workers}: tier and key limits are counted per worker process, "
+                f"so a key may get up to {workers} times its limit"
+            )
         if self.errors:
             raise ConfigError(self.errors)
         return Config(
@@ -291,6 +300,7 @@ class _Parser:
             warnings=tuple(self.warnings),
             routing=routing,
             shutdown_timeout=shutdown_timeout,
+            workers=workers,
             metrics_key_sha256=metrics_key,
         )
 

@@ -17,7 +17,7 @@ from gateway.balancer import Target
 from gateway.config import Limits
 from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
 from gateway.metrics import CONTENT_TYPE, check_access
-from gateway.providers.base import Json, Reply, StreamTranslator, UpstreamRequest
+from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
 from gateway.sse import Event, EventWriter, SSEDecoder, SSEError
 from gateway.upstream import open_upstream
@@ -141,9 +141,9 @@ async def _stream_chat(
     return out.response
 
 
-def _translate(events: list[Event], translator: StreamTranslator) -> tuple[list[Json], GatewayError | None]:
+def _translate(events: list[Event], translator: StreamTranslator) -> tuple[list[Chunk], GatewayError | None]:
     """The chunks for one upstream read, and the error that stopped it, if any."""
-    chunks: list[Json] = []
+    chunks: list[Chunk] = []
     try:
         for event in events:
             chunks.extend(translator.feed(event))

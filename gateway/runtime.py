@@ -44,8 +44,10 @@ class Live:
             log.error("reload rejected, the old configuration stays in force:\n  %s", "\n  ".join(exc.errors))
             return False
         old = self.current.config
-        if (config.host, config.port, config.database) != (old.host, old.port, old.database):
-            log.warning("reload: server address and database changes take effect only after a restart")
+        if (config.host, config.port, config.database, config.workers) != (
+            old.host, old.port, old.database, old.workers
+        ):  # fmt: skip
+            log.warning("reload: server address, workers and database changes take effect only after a restart")
         for warning in config.warnings:
             log.warning("%s", warning)
         self.current = Runtime.build(config)

@@ -10,7 +10,6 @@ across reads is harmless, and it has no line-length limit except `max_event_byte
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,7 +17,6 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-_LINE_END: Final = re.compile(rb"\r\n|\r|\n")
 DONE: Final = b"[DONE]"
 
 
@@ -42,15 +40,17 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Event]:
         buf = self._pending + chunk if self._pending else chunk
+        held = b""
+        if b"\r" in buf:  # rare: normalise CRLF and lone CR to LF (C-speed replaces, no regex)
+            if buf[-1:] == b"\r":  # its LF may be in the next read
+                buf, held = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._pending = lines.pop() + held  # the unfinished last line
         events: list[Event] = []
-        start = 0
-        for match in _LINE_END.finditer(buf):
-            end = match.end()
-            if end == len(buf) and buf[end - 1 : end] == b"\r":
-                break  # a lone CR at the end: its LF may be in the next read
-            self._line(buf[start : match.start()], events)
-            start = end
-        self._pending = buf[start:]
+        line = self._line
+        for item in lines:
+            line(item, events)
         if len(self._pending) + self._size > self._max:
             raise SSEError(f"upstream event larger than {self._max} bytes")
         return events
@@ -86,15 +86,24 @@ class SSEDecoder:
         # `id`, `retry` and unknown fields are ignored, as the spec says.
 
 
+class _EventStream(EventSourceResponse):
+    # the headers leave with the first chunk, in one write (aiohttp's own `Response`
+    # does this); we always send a chunk right after prepare()
+    _send_headers_immediately = False
+
+
 class EventWriter:
     """Our outgoing stream: `data: <json>\\n\\n` events, in OpenAI's exact framing.
 
     aiohttp-sse's response supplies the headers (no compression, no proxy
-    buffering) and a ': ping' comment every 15 s, which OpenAI clients ignore."""
+    buffering) and a ': ping' comment every 15 s, which OpenAI clients ignore.  Its
+    per-stream TCP_USER_TIMEOUT (two syscalls and a socket object per stream, 7 % of
+    a stream in the profile) is off: the listening socket carries that timeout, and
+    every accepted connection inherits it (gateway/workers.py)."""
 
     def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = EventSourceResponse(sep="\n", headers=headers, allow_all_methods=True)
+        self.response = _EventStream(sep="\n", headers=headers, allow_all_methods=True, send_timeout=None)
         self.response.content_type = "text/event-stream"
         self.response.charset = "utf-8"
 
@@ -108,11 +117,14 @@ class EventWriter:
     async def send(self, chunk: dict[str, Any]) -> None:
         await self.response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-    async def send_many(self, chunks: list[dict[str, Any]]) -> None:
+    async def send_many(self, chunks: list[dict[str, Any] | bytes]) -> None:
         """Everything one upstream read produced, in one write: a send per chunk was the
-        largest cost of a stream in the profile (scripts/bench)."""
+        largest cost of a stream in the profile (scripts/bench).  A chunk given as bytes
+        is JSON already encoded (an upstream chunk passed on unchanged)."""
         if chunks:
-            await self.response.write(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks))
+            await self.response.write(
+                b"".join(b"data: " + (c if type(c) is bytes else orjson.dumps(c)) + b"\n\n" for c in chunks)
+            )
 
     async def done(self) -> None:
         await self.response.write(b"data: [DONE]\n\n")

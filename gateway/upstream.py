@@ -9,12 +9,14 @@ this module catches `aiohttp.ClientError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 
+from gateway.config import Timeouts
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.providers.base import Adapter, UpstreamRequest
 
@@ -36,6 +38,12 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
+@functools.cache
+def _client_timeout(t: Timeouts, stream: bool) -> aiohttp.ClientTimeout:
+    """One ClientTimeout per provider setting (building one per call showed in the profile)."""
+    return aiohttp.ClientTimeout(total=None if stream else t.total, sock_connect=t.connect, sock_read=t.read)
+
+
 @asynccontextmanager
 async def open_upstream(
     session: aiohttp.ClientSession, adapter: Adapter, req: UpstreamRequest, *, stream: bool
@@ -44,7 +52,7 @@ async def open_upstream(
     `retryable` (nothing has reached the client); the rest are final."""
     provider = adapter.provider
     t = provider.timeouts
-    timeout = aiohttp.ClientTimeout(total=None if stream else t.total, sock_connect=t.connect, sock_read=t.read)
+    timeout = _client_timeout(t, stream)
     headers_seen = False
     try:
         async with asyncio.timeout(t.first_byte):

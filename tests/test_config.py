@@ -78,6 +78,15 @@ def test_unset_client_key_disables_that_key_with_a_warning() -> None:
     assert any("ALICE_KEY" in w and "alice" in w for w in config.warnings)
 
 
+def test_workers_with_limits_warn_that_limits_are_per_worker() -> None:
+    assert parse_config(edited(server={"workers": 4}), ENV).workers == 4
+    assert parse_config(edited(server={"workers": 4}), ENV).warnings == ()
+    doc = edited(server={"workers": 4})
+    doc["tiers"]["free"]["limits"] = {"rpm": 60}
+    config = parse_config(doc, ENV)
+    assert any("per worker process" in w and "4 times" in w for w in config.warnings), config.warnings
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -101,6 +110,7 @@ def test_unset_client_key_disables_that_key_with_a_warning() -> None:
         (lambda d: d["keys"][1].update(key="both"), "keys[1]: give exactly one of 'key' or 'key_sha256'"),
         (lambda d: d["tiers"]["pro"].update(extends="platinum"), "tiers.pro.extends: tier 'platinum' is not defined"),
         (lambda d: d.update(server={"port": "eighty"}), "server.port: must be a positive integer"),
+        (lambda d: d.update(server={"workers": 0}), "server.workers: must be a positive integer, got 0"),
         (lambda d: d["providers"]["openai"].update(timeouts={"read": -1}), "providers.openai.timeouts.read"),
         (lambda d: d.update(extra=1), "extra: unknown field"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sqlite3
@@ -89,3 +90,85 @@ async def test_sigterm_lets_the_stream_finish_and_flushes_usage(fake_server: Any
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT status, stream, total_tokens FROM usage ORDER BY id").fetchall()
     assert rows == [(502, 0, 0), (200, 1, 44)]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+async def _fresh_connection_calls(port: int, n: int, path: str = "/v1/chat/completions") -> list[Any]:
+    """`n` calls, each on its own new connection, so the kernel spreads them over the workers."""
+    body = {"model": "oai-small", "messages": MESSAGES}
+    headers = {"Authorization": f"Bearer {PRO_KEY}"}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def one() -> Any:
+            url = f"http://127.0.0.1:{port}{path}"
+            call = session.post(url, json=body) if path.endswith("completions") else session.get(url)
+            async with call as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_workers_share_one_port_one_log_and_reload_together(fake_server: Any, tmp_path: Path) -> None:
+    """server.workers: 2 -> two processes on one port (SO_REUSEPORT), both serving,
+    one usage log with every row, SIGHUP reaching both, a killed worker replaced."""
+    fake, url = await fake_server()
+    completion = fixture_bytes("openai_chat_completion_text.json")
+    fake.script(*(Reply(body=completion) for _ in range(400)))
+    db = tmp_path / "usage.db"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(base_config({"oai": ("openai", url)}, str(db), server={"workers": 2})))
+    port = free_port()
+    proc = await start_process(config, port)
+    try:
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        before = {pid: _cpu_ticks(pid) for pid in workers}
+        answers = await _fresh_connection_calls(port, 300)
+        assert {a["model"] for a in answers} == {"oai-small"}
+        busy = [pid for pid in workers if _cpu_ticks(pid) > before[pid]]
+        assert busy == workers, "each worker served a share of the connections"
+
+        config.write_text(config.read_text().replace("oai-large", "oai-huge"))
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        listings = await _fresh_connection_calls(port, 40, "/v1/models")
+        assert {tuple(m["id"] for m in listing["data"]) for listing in listings} == {("oai-small", "oai-huge")}
+
+        os.kill(workers[0], signal.SIGKILL)  # a crashed worker is replaced
+        for _ in range(100):
+            now = _children(proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            await asyncio.sleep(0.05)
+        assert len(now) == 2 and workers[0] not in now
+        await _fresh_connection_calls(port, 50)
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert _children(proc.pid) == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    with sqlite3.connect(db) as conn:
+        statuses = [row[0] for row in conn.execute("SELECT status FROM usage")]
+    # the killed worker may take rows still in its queue with it: at most one batch
+    assert statuses.count(200) >= 300 and set(statuses) == {200}

@@ -8,7 +8,6 @@ upstream error body into a `GatewayError`.  `handlers.py` does all the I/O.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,9 +24,11 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.ids import hex_id
 from gateway.sse import Event
 
 Json = dict[str, Any]
+Chunk = Json | bytes  # a chunk to send: a dict, or an upstream chunk's JSON passed on as it came
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class Reply:
     """Per-request facts every translation needs, fixed before the upstream call."""
 
     model: str  # the id the client asked for; every response and chunk carries it
-    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_urlsafe(18))
+    id: str = field(default_factory=lambda: "chatcmpl-" + hex_id(96))
     created: int = 0
     include_usage: bool = False
 
@@ -105,10 +106,10 @@ class StreamTranslator:
         self.reply = reply
         self.usage: Json | None = None
 
-    def feed(self, event: Event) -> list[Json]:
+    def feed(self, event: Event) -> list[Chunk]:
         raise NotImplementedError
 
-    def finish(self) -> list[Json]:
+    def finish(self) -> list[Chunk]:
         raise NotImplementedError
 
     def closing(self, finishes: list[tuple[int, str]]) -> list[Json]:

@@ -276,10 +276,30 @@ class Result:
     p99_ms: float
     errors: int
     status_errors: int
+    cpu_s: float | None = None  # CPU time of the answering process(es) during the run
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us(self) -> float | None:
+        """CPU microseconds the target spent per request: steadier than req/s on a
+        shared machine, and what an optimisation actually changes."""
+        return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in the group (a service and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Loader:
@@ -426,7 +446,10 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
                     cell = cells[(target.key, mode, conns)]
                     if cell.unavailable:
                         continue
+                    pid = bench.services[target.service].pid
+                    cpu = cpu_seconds(pid)
                     result = loader.run(bench.url(target), (body(target.model, mode),), conns, args.duration)
+                    result.cpu_s = cpu_seconds(pid) - cpu
                     cell.runs.append(result)
                     count(target, result.requests)
                     progress(
@@ -451,8 +474,8 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def render_table(cells: dict[tuple[str, str, int], Cell], args: argparse.Namespace) -> list[str]:
     lines = [
-        "| target | mode | conns | req/s | p50 ms | p99 ms | TTFB p50 ms | vs pipe |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        "| target | mode | conns | req/s | p50 ms | p99 ms | TTFB p50 ms | CPU µs/req | vs pipe |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     notes: list[str] = []
     for cell in cells.values():
@@ -476,7 +499,8 @@ def render_table(cells: dict[tuple[str, str, int], Cell], args: argparse.Namespa
                 )
         lines.append(
             f"| {cell.target.label} | {cell.mode} | {cell.conns} | {rps} | {fmt(best and best.p50_ms, '.2f')} "
-            f"| {fmt(best and best.p99_ms, '.2f')} | {fmt(cell.ttfb, '.2f')} | {fmt(ratio, '.2f', 'x')} |"
+            f"| {fmt(best and best.p99_ms, '.2f')} | {fmt(cell.ttfb, '.2f')} | {fmt(best and best.cpu_us, '.0f')} "
+            f"| {fmt(ratio, '.2f', 'x')} |"
         )
     lines += [""] + [f"- n/a or (!): {note}" for note in notes]
     return lines
