@@ -15,7 +15,7 @@ from gateway import limits
 from gateway.appkeys import CALLER, HTTP, LIMITER, LIVE, METRICS, RATE_HEADERS, RECORD, RUNTIME
 from gateway.balancer import Target
 from gateway.config import Limits
-from gateway.errors import GatewayError, RateLimited, UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, RateLimited, UpstreamError
 from gateway.metrics import CONTENT_TYPE, check_access
 from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest
 from gateway.routing import find_visible, resolve, visible_models
@@ -76,13 +76,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         record.add_usage(completion.get("usage"))
         return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
 
-    return await _with_fallback(request, attempt, limits.estimate_chat_tokens(body))
+    return await _with_fallback(request, attempt, lambda: limits.estimate_chat_tokens(body))
 
 
 async def _call(request: web.Request, target: Target, upstream: UpstreamRequest) -> bytes:
     """One non-streamed upstream call: the whole answer body (errors raised as mapped)."""
     started = time.monotonic()
-    async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as resp:
+    async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as (resp, _):
         request[RECORD].ttfb_ms = _ms_since(started)
         return await resp.read()
 
@@ -101,15 +101,8 @@ async def _stream_chat(
     started = time.monotonic()
     inflight, counted = request.app[METRICS].inflight_streams, False
     try:
-        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=True) as resp:
+        async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=True) as (resp, first):
             decoder = SSEDecoder()
-            try:
-                async with asyncio.timeout(target.route.provider.timeouts.first_byte):
-                    first = await resp.content.readany()
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"The {target.route.provider.name} provider sent no answer in time.", retryable=True
-                ) from None
             pending, failure = _translate(decoder.feed(first), translator)
             if failure is not None:
                 raise failure  # nothing sent yet: the client gets a real status
@@ -134,6 +127,7 @@ async def _stream_chat(
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
         return out.response
     finally:
+        out.stop_pings()
         record.add_usage(translator.usage)
         if counted:
             inflight.dec()
@@ -183,14 +177,16 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         record.add_usage(result.get("usage"))
         return json_response(result, headers={DEPLOYMENT_HEADER: target.label})
 
-    return await _with_fallback(request, attempt, limits.estimate_embedding_tokens(body))
+    return await _with_fallback(request, attempt, lambda: limits.estimate_embedding_tokens(body))
 
 
 # -- retries and fallback ----------------------------------------------------------------
 
 
 async def _with_fallback(
-    request: web.Request, attempt: Callable[[Target], Awaitable[web.StreamResponse]], estimated_tokens: int = 0
+    request: web.Request,
+    attempt: Callable[[Target], Awaitable[web.StreamResponse]],
+    estimate: Callable[[], int] = lambda: 0,
 ) -> web.StreamResponse:
     """Run `attempt` on the model's targets in plan order until one answers.
 
@@ -199,7 +195,7 @@ async def _with_fallback(
     streaming attempt turns its own late failures into a final error event."""
     runtime, record = request[RUNTIME], request[RECORD]
     model = resolve(runtime.config, request[CALLER], record.model or "")  # 404 / 403
-    admission = await _admit(request, estimated_tokens)  # 429 before any upstream call
+    admission = await _admit(request, estimate)  # 429 before any upstream call
     plan = runtime.balancer.plan(model.id)
     routing = runtime.config.routing
     tried: list[str] = []
@@ -248,12 +244,13 @@ async def _with_fallback(
 _NO_LIMITS = Limits()
 
 
-async def _admit(request: web.Request, estimated_tokens: int) -> limits.Admission | None:
-    """Count the request against its key's limits, or refuse it with a 429."""
+async def _admit(request: web.Request, estimate: Callable[[], int]) -> limits.Admission | None:
+    """Count the request against its key's limits, or refuse it with a 429.  The token
+    estimate walks the whole prompt, so it is made only for keys with limits."""
     key = request[CALLER].key
     if key.limits == _NO_LIMITS:
         return None
-    admission = await request.app[LIMITER].admit(key.name, key.limits, estimated_tokens)
+    admission = await request.app[LIMITER].admit(key.name, key.limits, estimate())
     request[RATE_HEADERS] = limits.rate_headers(admission)
     if admission.rejected is not None:
         raise _refusal(admission)

@@ -10,12 +10,11 @@ across reads is harmless, and it has no line-length limit except `max_event_byte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+import asyncio
+from typing import Any, Final, NamedTuple
 
 import orjson
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
 DONE: Final = b"[DONE]"
 
@@ -24,8 +23,7 @@ class SSEError(Exception):
     """The upstream stream cannot be decoded (an event over the size cap)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):  # a tuple: built per upstream event, cheaper than a dataclass
     data: bytes
     event: str = ""
 
@@ -48,9 +46,20 @@ class SSEDecoder:
         lines = buf.split(b"\n")
         self._pending = lines.pop() + held  # the unfinished last line
         events: list[Event] = []
-        line = self._line
+        data = self._data
         for item in lines:
-            line(item, events)
+            if item[:6] == b"data: ":  # the common line, handled inline
+                data.append(item[6:])
+                self._size += len(item) - 5
+                if self._size > self._max:
+                    raise SSEError(f"upstream event larger than {self._max} bytes")
+            elif not item and data and not self._event:  # ...and the blank line ending its event
+                events.append(Event(data[0] if len(data) == 1 else b"\n".join(data)))
+                data.clear()
+                self._size = 0
+            else:
+                self._line(item, events)
+                data = self._data
         if len(self._pending) + self._size > self._max:
             raise SSEError(f"upstream event larger than {self._max} bytes")
         return events
@@ -86,29 +95,36 @@ class SSEDecoder:
         # `id`, `retry` and unknown fields are ignored, as the spec says.
 
 
-class _EventStream(EventSourceResponse):
+class _Stream(web.StreamResponse):
     # the headers leave with the first chunk, in one write (aiohttp's own `Response`
-    # does this); we always send a chunk right after prepare()
+    # does this); a chunk always follows prepare() at once
     _send_headers_immediately = False
 
 
 class EventWriter:
-    """Our outgoing stream: `data: <json>\\n\\n` events, in OpenAI's exact framing.
+    """Our outgoing stream: `data: <json>\n\n` events, in OpenAI's exact framing.
 
-    aiohttp-sse's response supplies the headers (no compression, no proxy
-    buffering) and a ': ping' comment every 15 s, which OpenAI clients ignore.  Its
-    per-stream TCP_USER_TIMEOUT (two syscalls and a socket object per stream, 7 % of
-    a stream in the profile) is off: the listening socket carries that timeout, and
-    every accepted connection inherits it (gateway/workers.py)."""
+    Headers: no caching, no proxy buffering.  A `: ping` comment (ignored by OpenAI
+    clients) goes out every `PING_INTERVAL` s, so proxies keep a silent stream (a long
+    think) open.  The ping is a timer, and a task only when it fires: aiohttp-sse's
+    response, used before, started a ping task and set TCP_USER_TIMEOUT (two syscalls
+    and a socket object) for every stream, 7-10 % of a short stream in the profile.
+    The listening socket carries that timeout now, inherited by every connection
+    (gateway/workers.py)."""
+
+    PING_INTERVAL: float = 15.0
 
     def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
         self._request = request
-        self.response = _EventStream(sep="\n", headers=headers, allow_all_methods=True, send_timeout=None)
-        self.response.content_type = "text/event-stream"
-        self.response.charset = "utf-8"
+        self.response = _Stream(headers=headers)
+        self.response.headers.update(_HEADERS)
+        self.response.enable_chunked_encoding()
+        self._ping: asyncio.TimerHandle | None = None
+        self._pinging: asyncio.Task[None] | None = None
 
     async def prepare(self) -> None:
         await self.response.prepare(self._request)
+        self._arm()
 
     @property
     def prepared(self) -> bool:
@@ -130,8 +146,31 @@ class EventWriter:
         await self.response.write(b"data: [DONE]\n\n")
 
     async def close(self) -> None:
-        self.response.stop_streaming()
+        self.stop_pings()
         try:
             await self.response.write_eof()
         except (ConnectionResetError, RuntimeError):
             pass
+
+    def _arm(self) -> None:
+        self._ping = asyncio.get_running_loop().call_later(self.PING_INTERVAL, self._ping_due)
+
+    def _ping_due(self) -> None:
+        self._pinging = asyncio.create_task(self._send_ping())
+
+    async def _send_ping(self) -> None:
+        try:
+            await self.response.write(b": ping\n\n")
+        except (ConnectionResetError, RuntimeError):
+            return  # the client is gone or the stream ended: the handler sees it too
+        self._arm()
+
+    def stop_pings(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
+
+
+_HEADERS: Final = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                   "X-Accel-Buffering": "no"}  # fmt: skip

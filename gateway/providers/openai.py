@@ -86,11 +86,10 @@ class _OpenAIStream(StreamTranslator):
         super().__init__(reply)
         self.adapter = adapter
         self.done = False
-        self.seen_first = False
+        self.seen_first = False  # a chunk with choices went out: id and time are fixed
         self.finished = False  # saw a finish_reason: EOF without [DONE] is then tolerated
-        # `"model":"<upstream's name>"` -> `"model":"<name asked for>"`.  In JSON every quote
-        # inside a string is escaped, so `"model":"` can only be a key and its value.
-        self.upstream_model: str | None = None
+        self.usage_sent = False
+        self.upstream_model: str | None = None  # often a dated snapshot of the name asked for
         self.model_bytes = (b"", b'"model":' + orjson.dumps(reply.model))
 
     def feed(self, event: Event) -> list[Chunk]:
@@ -101,15 +100,8 @@ class _OpenAIStream(StreamTranslator):
         if "error" in chunk:
             raise self.adapter.error_from_body(200, chunk, {})
         reply = self.reply
-        if not self.seen_first:  # keep the provider's id (support tickets quote it) and time
-            if isinstance(chunk.get("id"), str) and chunk["id"]:
-                reply.id = chunk["id"]
-            if type(chunk.get("created")) is int:
-                reply.created = chunk["created"]
-            if isinstance(chunk.get("model"), str):  # often a dated snapshot of the name asked for
-                self.upstream_model = chunk["model"]
-                self.model_bytes = (b'"model":' + orjson.dumps(chunk["model"]), self.model_bytes[1])
-        self.seen_first = True
+        if not self.seen_first:
+            self._adopt(chunk)
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             choices = []
@@ -118,8 +110,10 @@ class _OpenAIStream(StreamTranslator):
             self.usage = usage
         if not choices:
             if usage and reply.include_usage:
+                self.usage_sent = True
                 return [reply.chunk([], usage) | _extras(chunk)]
-            return []  # the usage chunk we asked for on our own behalf, or an empty keep-alive
+            return []  # the usage chunk we asked for on our own behalf, a prelude, a keep-alive
+        self.seen_first = True
         as_is = True
         for choice in choices:
             if not isinstance(choice, dict):
@@ -140,18 +134,34 @@ class _OpenAIStream(StreamTranslator):
         chunk["created"] = reply.created
         chunk["model"] = reply.model
         if reply.include_usage:
-            chunk["usage"] = None if not choices or not usage else usage
+            chunk["usage"] = None  # usage travels in its own chunk, as OpenAI sends it (finish())
         else:
             chunk.pop("usage", None)
         return [chunk]
 
+    def _adopt(self, chunk: Json) -> None:
+        """Keep the provider's id (support tickets quote it), time and model name, from
+        the first chunk that has them (Azure opens with an empty, choice-less prelude)."""
+        if isinstance(chunk.get("id"), str) and chunk["id"]:
+            self.reply.id = chunk["id"]
+        if type(chunk.get("created")) is int and chunk["created"] > 0:
+            self.reply.created = chunk["created"]
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.upstream_model = chunk["model"]
+            self.model_bytes = (b'"model":' + orjson.dumps(chunk["model"]), self.model_bytes[1])
+
     def _as_is(self, data: bytes, chunk: Json) -> bytes | None:
         """The upstream's own bytes when at most `model` and a `"usage":null` the client
-        did not ask for differ from what we would send; None when it must be re-encoded."""
+        did not ask for differ from what we would send; None when it must be re-encoded.
+
+        A byte rewrite is safe only where its key occurs once in the whole chunk: inside
+        a JSON string every quote is escaped, so an unescaped `"model"` is a key (or a
+        value "model"), and if it is the only one it is the top-level key we parsed."""
         reply = self.reply
         if (
             chunk.get("id") != reply.id
-            or chunk.get("created") != reply.created
+            or type(chunk.get("created")) is not int
+            or chunk["created"] != reply.created
             or chunk.get("object") != "chat.completion.chunk"
             or b"\n" in data  # several `data:` lines joined: re-encode on one line
         ):
@@ -160,13 +170,13 @@ class _OpenAIStream(StreamTranslator):
             if "usage" not in chunk or chunk["usage"] is not None:
                 return None
         elif "usage" in chunk:
-            if chunk["usage"] is not None or data.count(b',"usage":null') != 1:
+            if chunk["usage"] is not None or data.count(b'"usage"') != 1 or data.count(b',"usage":null') != 1:
                 return None
             data = data.replace(b',"usage":null', b"")
         model = chunk.get("model")
         if model != reply.model:
             old, new = self.model_bytes
-            if model != self.upstream_model or data.count(old) != 1:
+            if model != self.upstream_model or data.count(b'"model"') != 1 or data.count(old) != 1:
                 return None
             data = data.replace(old, new)
         return data
@@ -174,6 +184,9 @@ class _OpenAIStream(StreamTranslator):
     def finish(self) -> list[Chunk]:
         if not (self.done or self.finished):
             raise truncated(self.adapter.provider)
+        if self.reply.include_usage and self.usage is not None and not self.usage_sent:
+            # the upstream put usage on its last chunk with choices (DeepSeek and others)
+            return [self.reply.chunk([], self.usage)]
         return []
 
 
