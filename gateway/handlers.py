@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,8 @@ from gateway.sse import Event, EventWriter, SSEDecoder, SSEError
 from gateway.upstream import open_upstream
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 from gateway.validation import check_chat, check_embeddings, include_usage, model_of, parse_body
+
+log = logging.getLogger(__name__)
 
 DEPLOYMENT_HEADER = "x-gateway-deployment"  # which provider/upstream served the answer
 
@@ -126,6 +129,12 @@ async def _stream_chat(
     except ConnectionResetError:  # the client went away; leaving the block closed the upstream
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
         return out.response
+    except Exception:  # a bug of ours: once streaming, a 500 page would corrupt the HTTP stream
+        if not out.prepared:
+            raise
+        log.exception("unexpected error while streaming %s", request.path)
+        failure = GatewayError("The gateway hit an internal error while streaming; it has been logged.")
+        await _send_error(out, record, failure)
     finally:
         out.stop_pings()
         record.add_usage(translator.usage)

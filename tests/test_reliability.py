@@ -81,6 +81,36 @@ async def test_never_retries_once_a_byte_reached_the_client(pair: Any) -> None:
     assert (await gw.usage_rows())[-1]["attempts"] == "main/m-1=502"
 
 
+async def test_a_bug_mid_stream_ends_it_with_an_error_event_not_a_broken_response(
+    pair: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected exception after the headers went out cannot become a 500 page (it
+    would land inside the chunked body); the stream ends with an error event instead."""
+    from gateway.providers import openai as openai_adapter
+
+    feed, calls = openai_adapter._OpenAIStream.feed, [0]
+
+    def failing_feed(self: Any, event: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("a bug")
+        return feed(self, event)
+
+    monkeypatch.setattr(openai_adapter._OpenAIStream, "feed", failing_feed)
+    gw, main, spare = pair
+    main.script(sse_reply(STREAM, "bytes"))  # many reads: the bug strikes after the first went out
+    stream = await gw.client().chat.completions.create(model="multi", messages=MESSAGES, stream=True)
+    got: list[Any] = []
+    with pytest.raises(openai.APIError, match="internal error while streaming"):
+        async for chunk in stream:
+            got.append(chunk)
+    assert got and got[0].choices[0].delta.role == "assistant"
+    assert spare.requests == []
+    row = (await gw.usage_rows())[-1]
+    assert (row["status"], row["error_code"]) == (500, "server_error")
+    assert "unexpected error while streaming" in caplog.text
+
+
 async def test_stream_falls_back_when_the_first_upstream_refuses(pair: Any) -> None:
     gw, main, spare = pair
     main.script(json_reply({"error": {"message": "overloaded"}}, 503))
