@@ -8,6 +8,7 @@ task drains the queue in batches into SQLite (WAL mode) through aiosqlite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
 import time
@@ -20,6 +21,7 @@ import aiosqlite
 log = logging.getLogger(__name__)
 
 _BATCH: Final = 500
+_LINGER: Final = 0.2  # seconds a row may wait for others before it is written
 CLIENT_CLOSED: Final = 499  # nginx's status for "client closed request"
 
 _MIGRATIONS: Final = (
@@ -121,6 +123,7 @@ class UsageStore:
         self._db = db
         self._queue: asyncio.Queue[UsageRecord | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # cuts the writer's linger short (flush, close, a full batch)
         self.written = 0
 
     @classmethod
@@ -131,23 +134,34 @@ class UsageStore:
 
     def record(self, row: UsageRecord) -> None:
         self._queue.put_nowait(row)
+        if self._queue.qsize() >= _BATCH:
+            self._wake.set()
 
     async def close(self) -> None:
         """Flush every queued row, then close the database."""
         if self._writer is not None:
             self._queue.put_nowait(None)
+            self._wake.set()
             await self._writer
             self._writer = None
         await self._db.close()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is on disk (tests, shutdown)."""
+        self._wake.set()
         await self._queue.join()
 
     async def _run(self) -> None:
         stop = False
         while not stop:
             batch = [await self._queue.get()]
+            # linger so rows arriving meanwhile share one transaction: a write per request
+            # meant two thread hand-offs and loop wake-ups per request (scripts/bench)
+            if batch[0] is not None and not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_LINGER):
+                        await self._wake.wait()
+            self._wake.clear()
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             rows = [_ROW(r) for r in batch if r is not None]
