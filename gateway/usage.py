@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import operator
+import sqlite3
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -96,9 +97,9 @@ async def open_db(path: str) -> aiosqlite.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("PRAGMA busy_timeout=5000")  # several workers may share the file
+    await _switch_to_wal(db)
+    await db.execute("PRAGMA synchronous=NORMAL")
     # BEGIN IMMEDIATE takes the write lock before the version is read: workers starting
     # together migrate once, the others wait (busy_timeout) and find it done
     await db.execute("BEGIN IMMEDIATE")
@@ -116,6 +117,19 @@ async def open_db(path: str) -> aiosqlite.Connection:
         await db.close()
         raise
     return db
+
+
+async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
+    """WAL lets workers write while others read.  Switching a new file to it needs an
+    exclusive lock, for which SQLite does not wait: workers starting together retry."""
+    for attempt in range(tries):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt + 1 == tries:
+                raise
+            await asyncio.sleep(0.1)
 
 
 class UsageStore:

@@ -40,8 +40,11 @@ async def start_process(config: Path, port: int) -> asyncio.subprocess.Process:
                     if resp.status == 200:
                         return proc
             except aiohttp.ClientError:
+                if proc.returncode is not None:
+                    break
                 await asyncio.sleep(0.05)
-    proc.kill()
+    if proc.returncode is None:
+        proc.kill()
     raise AssertionError("gateway did not start: " + (await proc.stdout.read()).decode())  # type: ignore[union-attr]
 
 
