@@ -195,7 +195,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _with_fallback(
     request: web.Request,
     attempt: Callable[[Target], Awaitable[web.StreamResponse]],
-    estimate: Callable[[], int] = lambda: 0,
+    estimate: Callable[[], int],
 ) -> web.StreamResponse:
     """Run `attempt` on the model's targets in plan order until one answers.
 

@@ -90,7 +90,8 @@ class _OpenAIStream(StreamTranslator):
         self.finished = False  # saw a finish_reason: EOF without [DONE] is then tolerated
         self.usage_sent = False
         self.upstream_model: str | None = None  # often a dated snapshot of the name asked for
-        self.model_bytes = (b"", b'"model":' + orjson.dumps(reply.model))
+        self.upstream_pair = b""  # `"model":"<upstream_model>"`, rewritten to...
+        self.asked_pair = b'"model":' + orjson.dumps(reply.model)  # ...the name the client asked for
 
     def feed(self, event: Event) -> list[Chunk]:
         if event.data == DONE or self.done:
@@ -148,7 +149,7 @@ class _OpenAIStream(StreamTranslator):
             self.reply.created = chunk["created"]
         if isinstance(chunk.get("model"), str) and chunk["model"]:
             self.upstream_model = chunk["model"]
-            self.model_bytes = (b'"model":' + orjson.dumps(chunk["model"]), self.model_bytes[1])
+            self.upstream_pair = b'"model":' + orjson.dumps(chunk["model"])
 
     def _as_is(self, data: bytes, chunk: Json) -> bytes | None:
         """The upstream's own bytes when at most `model` and a `"usage":null` the client
@@ -175,10 +176,9 @@ class _OpenAIStream(StreamTranslator):
             data = data.replace(b',"usage":null', b"")
         model = chunk.get("model")
         if model != reply.model:
-            old, new = self.model_bytes
-            if model != self.upstream_model or data.count(b'"model"') != 1 or data.count(old) != 1:
+            if model != self.upstream_model or data.count(b'"model"') != 1 or data.count(self.upstream_pair) != 1:
                 return None
-            data = data.replace(old, new)
+            data = data.replace(self.upstream_pair, self.asked_pair)
         return data
 
     def finish(self) -> list[Chunk]:
