@@ -3,13 +3,14 @@ session and the usage store.  The only wiring in the package."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway import handlers
 from gateway.accounting import accounting_middleware, echo_request_id
-from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, USAGE
+from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, STOPPING, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config
 from gateway.errors import error_middleware
@@ -31,6 +32,7 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app[LIVE] = Live(Runtime.build(config), path)
     app[LIMITER] = limiter or InProcessLimiter()
     app[METRICS] = Metrics()
+    app[STOPPING] = asyncio.Event()
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
     app.on_response_prepare.append(echo_request_id)

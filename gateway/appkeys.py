@@ -3,6 +3,8 @@ no function can shadow one)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -17,6 +19,9 @@ HTTP = web.AppKey("HTTP", aiohttp.ClientSession)
 USAGE = web.AppKey("USAGE", UsageStore)
 LIMITER = web.AppKey("LIMITER", Limiter)  # tier capacity counters; survive reloads
 METRICS = web.AppKey("METRICS", Metrics)
+# set when a graceful stop has run out of time: handlers still streaming end their
+# stream with a final `server_shutting_down` error event before they are cancelled
+STOPPING = web.AppKey("STOPPING", asyncio.Event)
 
 RUNTIME = web.RequestKey("RUNTIME", Runtime)  # the configuration this request started with
 CALLER = web.RequestKey("CALLER", Caller)
