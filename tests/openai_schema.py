@@ -37,3 +37,15 @@ def validate_completion(completion: Any) -> None:
 def validate_error(body: Any) -> None:
     validate("ErrorResponse", body)
     assert set(body["error"]) >= {"message", "type", "param", "code"}, body
+
+
+def validate_response(response: Any) -> None:
+    validate("Response", response)
+
+
+def validate_response_event(event: Any) -> None:
+    validate("ResponseStreamEvent", event)
+
+
+def validate_response_item_list(page: Any) -> None:
+    validate("ResponseItemList", page)
