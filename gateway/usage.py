@@ -50,6 +50,9 @@ _MIGRATIONS: Final = (
     CREATE INDEX usage_key_ts ON usage (key_name, ts);
     """,
     "ALTER TABLE usage ADD COLUMN attempts TEXT;",  # v2: every upstream attempt, "label=status ..."
+    # v3: 1 when the token counts are the gateway's estimate (the real usage never came:
+    # client hang-up, upstream cut)
+    "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER NOT NULL DEFAULT 0;",
 )
 
 
@@ -72,6 +75,7 @@ class UsageRecord:
     ttfb_ms: float | None = None
     error_code: str | None = None
     attempts: str | None = None
+    tokens_estimated: bool = False  # the token counts are our estimate, not the upstream's report
 
     def add_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI-shaped usage object, tolerating junk."""

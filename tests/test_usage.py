@@ -13,7 +13,7 @@ from fakes import FakeUpstream, fixture_bytes, fixture_json, json_reply, sse_rep
 
 from gateway.cli import main as cli_main
 from gateway.cli import parse_since
-from gateway.usage import UsageRecord, UsageStore
+from gateway.usage import _MIGRATIONS, UsageRecord, UsageStore
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -71,7 +71,7 @@ async def test_reopening_keeps_schema_and_rows(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM usage").fetchone() == (2,)
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_parse_since() -> None:
@@ -101,3 +101,17 @@ async def test_usage_command_totals(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out[2].split() == ["bob", "mini", "1", "0", "0", "0", "7"]
     assert cli_main(["usage", "--config", str(config), "--since", "1970-01-01T00:04:00"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["bob"]
+
+
+async def test_tokens_estimated_column(tmp_path: Path) -> None:
+    path = str(tmp_path / "u.db")
+    with sqlite3.connect(path) as db:  # a v2 log written before the column existed
+        db.executescript(_MIGRATIONS[0] + _MIGRATIONS[1] + "PRAGMA user_version = 2;")
+        db.execute("INSERT INTO usage (ts, status) VALUES (1.0, 200)")
+    store = await UsageStore.open(path)
+    store.record(UsageRecord(ts=2.0, status=499, total_tokens=9, tokens_estimated=True))
+    store.record(UsageRecord(ts=3.0, status=200, total_tokens=4))
+    await store.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT ts, tokens_estimated FROM usage ORDER BY ts").fetchall()
+    assert rows == [(1.0, 0), (2.0, 1), (3.0, 0)]
