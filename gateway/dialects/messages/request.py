@@ -143,7 +143,8 @@ def _system(value: Any) -> str:
 
 def _tools(body: Json, hub: Json) -> None:
     tools = []
-    for i, tool in enumerate(F.array(body.get("tools") or [], "tools")):
+    declared = body.get("tools")
+    for i, tool in enumerate(F.array(declared, "tools") if declared is not None else ()):
         at = f"tools[{i}]"
         tool = F.obj(tool, at)
         kind = tool.get("type")
