@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import os
 import re
-import signal
 import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from gateway.workers import WorkerLink
 
 log = logging.getLogger("gateway")
 
@@ -80,20 +81,24 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     host, port = args.host or config.host, args.port or config.port
     if config.workers == 1:
-        return _serve_one(config, args.config, host, port)
+        code = _serve_one(config, args.config, host, port)
+        _exit_if_threads_linger(code)
+        return code
     if sys.platform == "win32":
         log.error("server.workers > 1 needs fork and SO_REUSEPORT (Linux, macOS, BSD)")
         return 2
     from gateway.workers import supervise
 
     log.info("gateway %s listening on http://%s:%d/v1 with %d workers", __version__, host, port, config.workers)
-    return supervise(config.workers, lambda: _serve_one(config, args.config, host, port, quiet=True))
+    return supervise(config.workers, lambda link: _serve_one(config, args.config, host, port, link=link))
 
 
-def _serve_one(config: Config, path: str, host: str, port: int, *, quiet: bool = False) -> int:
-    """Serve until SIGTERM/SIGINT in this process; with workers, each worker runs this."""
+def _serve_one(config: Config, path: str, host: str, port: int, *, link: WorkerLink | None = None) -> int:
+    """Serve until SIGTERM/SIGINT in this process; with workers, each worker runs this.
+    A failure to start is one ERROR line (with workers: reported once, by the supervisor)."""
+    from gateway import server
     from gateway.app import create_app
-    from gateway.workers import listening_socket
+    from gateway.workers import STARTUP_FAILED, listening_socket
 
     try:
         import uvloop  # optional: faster event loop when installed
@@ -101,32 +106,50 @@ def _serve_one(config: Config, path: str, host: str, port: int, *, quiet: bool =
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
+
+    def failed(line: str) -> int:
+        if link is None:
+            log.error("%s", line)
+            return 1
+        link.report_failure(line)
+        return STARTUP_FAILED
+
     try:
         sock = listening_socket(host, port, reuse_port=config.workers > 1)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
-        return 2
-    app = create_app(config, path)
-    app.on_startup.append(_reload_on_sighup)
-    if not quiet:
-        log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
-    web.run_app(
-        app,
-        sock=sock,
-        access_log=None,  # the accounting middleware logs one line per API call
-        handler_cancellation=True,  # a client hang-up cancels the handler and closes the upstream call
-        print=None,
-        shutdown_timeout=config.shutdown_timeout,  # SIGTERM/SIGINT: in-flight requests get this long
-        **({"loop": loop_factory()} if loop_factory else {}),
-    )
+        return failed(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+    def started() -> None:
+        if link is None:
+            log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
+
+    try:
+        app = create_app(config, path)
+        server.run(
+            app,
+            sock,
+            config,
+            loop_factory=loop_factory,
+            watch_fd=link.parent_fd if link else None,
+            on_started=started,
+        )
+    except server.StartupError as exc:
+        return failed(str(exc))
     return 0
 
 
-async def _reload_on_sighup(app: web.Application) -> None:
-    """SIGHUP re-reads the YAML; an invalid file is logged and the old config stays."""
-    from gateway.appkeys import LIVE
+def _exit_if_threads_linger(code: int) -> None:
+    """A library thread left running (aiosqlite's, after a database that failed to open)
+    would keep the interpreter, and the process, alive after the stop: exit anyway."""
+    from gateway.server import lingering_threads
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[LIVE].reload)
+    threads = lingering_threads()
+    if threads:
+        log.warning("exiting with %d threads still running: %s", len(threads), ", ".join(t.name for t in threads))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 _SPAN = re.compile(r"^(\d+)\s*([smhdw])$")

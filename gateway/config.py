@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -80,6 +80,10 @@ class Model:
 
 
 LIMIT_FIELDS: Final = ("rpm", "tpm", "concurrency", "tokens_per_month")
+SERVER_FIELDS: Final = (
+    "host", "port", "max_body_bytes", "shutdown_timeout", "workers", "header_timeout", "body_timeout",
+    "keepalive_timeout", "max_connections", "max_upstream_body_bytes",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +140,18 @@ class Config:
     keys: Mapping[str, ApiKey]  # by sha256 hex of the key
     warnings: tuple[str, ...] = ()
     routing: Routing = field(default_factory=Routing)
-    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    shutdown_timeout: float = 30.0  # seconds the whole graceful stop may take on SIGTERM
     workers: int = 1  # processes serving the one port (SO_REUSEPORT), sharing the usage log
     metrics_key_sha256: str | None = None  # /metrics needs this key; without one, loopback callers only
+    # client connections (gateway/server.py): slow or silent clients must not hold sockets
+    header_timeout: float = 10.0  # seconds for a request's headers, from connect or from its first byte
+    body_timeout: float = 60.0  # seconds for the whole body once the headers are in (32 MiB at ~5 Mbit/s)
+    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
+    max_connections: int | None = None  # per process; None = from the open-file limit (gateway/server.py)
+    max_upstream_body_bytes: int = 64 * 1024 * 1024  # largest non-streamed upstream answer read
+
+
+_CONFIG_DEFAULTS: Final = {f.name: f.default for f in fields(Config)}
 
 
 def hash_key(key: str) -> str:
@@ -263,14 +276,13 @@ class _Parser:
                 metrics_key = hash_key(value)
         if raw is None:
             self.error("(top level)", "the file is empty")
-        server = self.mapping(
-            top.get("server"), "server", ("host", "port", "max_body_bytes", "shutdown_timeout", "workers")
-        )
+        server = self.mapping(top.get("server"), "server", SERVER_FIELDS)
         host = self.string(server, "host", "server") or "127.0.0.1"
         port = int(self.number(server, "port", "server", 8080, integer=True))
         max_body = int(self.number(server, "max_body_bytes", "server", 32 * 1024 * 1024, integer=True))
         shutdown_timeout = self.number(server, "shutdown_timeout", "server", 30.0)
         workers = int(self.number(server, "workers", "server", 1, integer=True))
+        connections = self.connections(server)
         routing = self.routing(top.get("routing"))
         database = top.get("database", "data/gateway.db")
         if not isinstance(database, str) or not database:
@@ -302,7 +314,22 @@ class _Parser:
             shutdown_timeout=shutdown_timeout,
             workers=workers,
             metrics_key_sha256=metrics_key,
+            **connections,
         )
+
+    def connections(self, server: dict[str, Any]) -> dict[str, Any]:
+        """The `server.*` limits on client connections and bodies (Config's defaults)."""
+        d = _CONFIG_DEFAULTS  # kept in one place: the dataclass
+        out: dict[str, Any] = {
+            name: self.number(server, name, "server", d[name])
+            for name in ("header_timeout", "body_timeout", "keepalive_timeout")
+        }
+        out["max_upstream_body_bytes"] = int(
+            self.number(server, "max_upstream_body_bytes", "server", d["max_upstream_body_bytes"], integer=True)
+        )
+        if server.get("max_connections") is not None:
+            out["max_connections"] = int(self.number(server, "max_connections", "server", 1, integer=True))
+        return out
 
     def routing(self, raw: Any) -> Routing:
         fields_ = ("attempts", "backoff", "max_retry_after", "failures_before_cooldown", "cooldown")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from gateway.balancer import Balancer
 from gateway.config import Config, ConfigError, load_config
@@ -25,6 +26,18 @@ class Runtime:
     @classmethod
     def build(cls, config: Config) -> Runtime:
         return cls(config, Balancer(config))
+
+
+# What a reload cannot change in a running process: the listening socket, the number
+# of processes, the usage database.  Every other `server.*` setting applies live
+# (gateway/server.py); the rest of the file applies to the next request.
+_RESTART_ONLY: Final = (("server.host", "host"), ("server.port", "port"), ("server.workers", "workers"),
+                        ("database", "database"))  # fmt: skip
+
+
+def restart_only_changes(old: Config, new: Config) -> list[tuple[str, object, object]]:
+    """(setting, old value, new value) for each changed setting that needs a restart."""
+    return [(name, getattr(old, f), getattr(new, f)) for name, f in _RESTART_ONLY if getattr(old, f) != getattr(new, f)]
 
 
 class Live:
@@ -43,11 +56,8 @@ class Live:
         except ConfigError as exc:
             log.error("reload rejected, the old configuration stays in force:\n  %s", "\n  ".join(exc.errors))
             return False
-        old = self.current.config
-        if (config.host, config.port, config.database, config.workers) != (
-            old.host, old.port, old.database, old.workers
-        ):  # fmt: skip
-            log.warning("reload: server address, workers and database changes take effect only after a restart")
+        for setting, before, after in restart_only_changes(self.current.config, config):
+            log.warning("reload: %s changed (%s -> %s); it takes effect only after a restart", setting, before, after)
         for warning in config.warnings:
             log.warning("%s", warning)
         self.current = Runtime.build(config)

@@ -14,7 +14,7 @@ import asyncio
 from typing import Any, Final, NamedTuple
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 DONE: Final = b"[DONE]"
 
@@ -105,11 +105,16 @@ class EventWriter:
         self._request = request
         self.response = _Stream(headers=headers)
         self.response.headers.update(_HEADERS)
-        self.response.enable_chunked_encoding()
         self._ping: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task[None] | None = None
 
     async def prepare(self) -> None:
+        # No explicit chunked encoding: a body without length is chunked by aiohttp for
+        # HTTP/1.1, and HTTP/1.0 has no chunks (nginx speaks 1.0 to upstreams by
+        # default), so there the stream is delimited by closing the connection.
+        if self._request.version < HttpVersion11:
+            self.response.force_close()  # aiohttp would keep a 1.0 keep-alive connection open after it
+            self.response.headers["Connection"] = "close"
         await self.response.prepare(self._request)
         self._arm()
 

@@ -4,18 +4,23 @@ Every worker binds its own socket with SO_REUSEPORT, so the kernel spreads new
 connections evenly across the workers (a socket shared after fork wakes them all
 for each connection and balances badly).  The parent only supervises: it forwards
 SIGTERM, SIGINT and SIGHUP to the workers, restarts a worker that dies, and exits
-once all of them have stopped.  The workers share the usage log safely (SQLite in
-WAL mode, one short write transaction per batch, busy_timeout for the others).
+once all of them have stopped.  Workers stop when the supervisor dies (even by
+SIGKILL), and a worker that cannot start reports one line, logged once.  The
+workers share the usage log safely (SQLite in WAL mode, one short write
+transaction per batch, busy_timeout for the others).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway import ids
 
@@ -28,6 +33,8 @@ SEND_TIMEOUT_MS = 120_000
 _BACKLOG = 1024
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _QUICK_DEATH = 2.0  # seconds: a worker exiting this soon after start could not start
+STARTUP_FAILED = 3  # a worker's exit code: it could not start and reported why (WorkerLink)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -50,21 +57,47 @@ def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socke
     return sock
 
 
-def supervise(count: int, serve: Callable[[], int]) -> int:
-    """Fork `count` workers, each running `serve()`; return when all have stopped.
+@dataclass(frozen=True, slots=True)
+class WorkerLink:
+    """A worker's ties to its supervisor: `parent_fd` reads end-of-file once the
+    supervisor is gone (the portable half of "die with the parent"), `report_fd`
+    carries the one line saying why the worker could not start."""
+
+    parent_fd: int
+    report_fd: int
+
+    def report_failure(self, line: str) -> None:
+        # one write under PIPE_BUF (512 bytes even on macOS) is atomic: lines never interleave
+        data = (" ".join(line.split())[:500] + "\n").encode("utf-8", "replace")
+        try:
+            os.write(self.report_fd, data)
+        except OSError:
+            pass
+
+
+def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
+    """Fork `count` workers, each running `serve(link)`; return when all have stopped.
     Call before any event loop or thread exists in this process."""
     workers: dict[int, float] = {}  # pid -> start time
     stopping = False
+    parent = os.getpid()
+    watch_r, watch_w = os.pipe()  # the supervisor holds the only write end, and never writes
+    report_r, report_w = os.pipe()
+    os.set_blocking(report_r, False)
+    link = WorkerLink(watch_r, report_w)
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:  # the worker
+            _die_with(parent)
+            os.close(watch_w)  # else the worker's own copy would keep the pipe open
+            os.close(report_r)
             for sig in _FORWARDED:
                 signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own
             ids.reseed()
             code = 1
             try:
-                code = serve()
+                code = serve(link)
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -88,22 +121,55 @@ def supervise(count: int, serve: Callable[[], int]) -> int:
         signal.signal(sig, forward)
     log.info("supervising %d workers: %s", count, " ".join(map(str, workers)))
     code = 0
-    while workers:
-        pid, status = os.wait()  # retried by Python after each forwarded signal
-        started = workers.pop(pid, None)
-        if started is None:
-            continue
-        exit_code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            continue
-        log.error("worker %d exited (%s)", pid, f"signal {-exit_code}" if exit_code < 0 else f"code {exit_code}")
-        quick = time.monotonic() - started < _QUICK_DEATH
-        if quick and exit_code >= 0:  # it could not start (port taken, bad database path...)
-            log.error("a worker failed at start-up; stopping the others")
-            code = 1
-            forward(signal.SIGTERM, None)
-            continue
-        if quick:
-            time.sleep(1)  # killed right after start: do not fork in a hot loop
-        spawn()
+    try:
+        while workers:
+            pid, status = os.wait()  # retried by Python after each forwarded signal
+            started = workers.pop(pid, None)
+            if started is None:
+                continue
+            exit_code = os.waitstatus_to_exitcode(status)
+            if exit_code == STARTUP_FAILED:  # it said why: one line for all the workers
+                if code == 0:
+                    log.error("%s", _first_line(report_r) or "a worker could not start")
+                code, stopping = 1, True
+                forward(signal.SIGTERM, None)
+                continue
+            if stopping:
+                continue
+            log.error("worker %d exited (%s)", pid, f"signal {-exit_code}" if exit_code < 0 else f"code {exit_code}")
+            quick = time.monotonic() - started < _QUICK_DEATH
+            if quick and exit_code >= 0:  # it could not start
+                log.error("a worker failed at start-up; stopping the others")
+                code = 1
+                forward(signal.SIGTERM, None)
+                continue
+            if quick:
+                time.sleep(1)  # killed right after start: do not fork in a hot loop
+            spawn()
+    finally:
+        for fd in (watch_r, watch_w, report_r, report_w):
+            os.close(fd)
     return code
+
+
+def _first_line(fd: int) -> str:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace").split("\n", 1)[0]
+
+
+def _die_with(parent: int) -> None:
+    """This worker gets SIGTERM (a graceful stop) when its supervisor dies, even by
+    SIGKILL: on Linux through the kernel (PR_SET_PDEATHSIG); everywhere through the
+    pipe in `WorkerLink`.  Without it, workers kept serving and a fresh instance
+    bound the same port beside them."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the pipe still tells
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
