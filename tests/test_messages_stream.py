@@ -107,7 +107,14 @@ ODD_IDS = [
     chunk({"reasoning_signature": "c2lnbmF0dXJl"}),
     chunk({}, "stop", USAGE),
 ]
-HAND_MADE = {"reason_text_tools": REASON_TEXT_TOOLS, "interleaved": INTERLEAVED, "odd_ids": ODD_IDS}
+# a cut-off answer that is all thinking, signed at the end
+THINKING_ONLY = [chunk({"reasoning_content": "pondering"}), chunk({"reasoning_signature": "c2ln"}), chunk({}, "length")]
+HAND_MADE = {
+    "reason_text_tools": REASON_TEXT_TOOLS,
+    "interleaved": INTERLEAVED,
+    "odd_ids": ODD_IDS,
+    "thinking_only": THINKING_ONLY,
+}
 
 
 def start(index: int, block: Json) -> Json:
@@ -311,8 +318,7 @@ def test_odd_tool_ids_and_late_signature_go_in_a_trailing_state_block() -> None:
 
 
 def test_thinking_only_stream_signs_its_one_block() -> None:
-    chunks = [chunk({"reasoning_content": "pondering"}), chunk({"reasoning_signature": "c2ln"}), chunk({}, "length")]
-    events = run(chunks, MessageContext(model="m", thinking=True))
+    events = run(THINKING_ONLY, MessageContext(model="m", thinking=True))
     check_order(events)
     assert [e["type"] for e in events].count("content_block_start") == 1
     signature = next(e["delta"]["signature"] for e in events if e.get("delta", {}).get("type") == "signature_delta")
