@@ -68,8 +68,9 @@ def normalise(item: Any, where: str, resolve_item: Resolver | None = None) -> Js
         if kind == "item_reference":
             return _reference(item, where, resolve_item)
         if kind is None:
-            raise InvalidRequest(f"Missing required parameter: '{where}.type'.", param=f"{where}.type",
-                                 code="missing_required_parameter")  # fmt: skip
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.type'.", param=f"{where}.type", code="missing_required_parameter"
+            )
         raise InvalidRequest(
             f"Input items of type '{kind}' ({where}) are not supported on this gateway: built-in tools "
             "are not served by this model's provider.",
@@ -87,8 +88,9 @@ def _item_id(item: Json, where: str) -> str | None:
 def _message(item: Json, where: str) -> Json:
     role = fields.choice(item, "role", f"{where}.role", ROLES)
     if role is None:
-        raise InvalidRequest(f"Missing required parameter: '{where}.role'.", param=f"{where}.role",
-                             code="missing_required_parameter")  # fmt: skip
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.role'.", param=f"{where}.role", code="missing_required_parameter"
+        )
     content = item.get("content")
     if role == "assistant":
         if type(content) is str:
@@ -148,8 +150,11 @@ def input_part(part: Any, where: str) -> Json:
             raise _no_files(f"{where}.file_id", "send the image as image_url (an https URL or a data URL)")
         url = fields.string(part, "image_url", f"{where}.image_url")
         if not url:
-            raise InvalidRequest(f"Missing required parameter: '{where}.image_url'.", param=f"{where}.image_url",
-                                 code="missing_required_parameter")  # fmt: skip
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.image_url'.",
+                param=f"{where}.image_url",
+                code="missing_required_parameter",
+            )
         return {"type": "input_image", "image_url": url, "detail": detail}
     if kind == "input_file":
         for key in ("file_id", "file_url"):

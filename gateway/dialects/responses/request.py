@@ -77,16 +77,21 @@ def to_hub(body: Json, history: list[Json] | None = None, resolve_item: Resolver
 
 def _refuse(body: Json) -> None:
     if fields.boolean(body, "background", "background"):
-        raise InvalidRequest("background is not supported on this gateway.", param="background",
-                             code="unsupported_parameter")  # fmt: skip
+        raise InvalidRequest(
+            "background is not supported on this gateway.", param="background", code="unsupported_parameter"
+        )
     for name in ("conversation", "prompt"):
         if body.get(name) is not None:
-            raise InvalidRequest(f"'{name}' is not supported on this gateway; send the conversation as 'input' "
-                                 "or chain with 'previous_response_id'.", param=name,
-                                 code="unsupported_parameter")  # fmt: skip
+            raise InvalidRequest(
+                f"'{name}' is not supported on this gateway; send the conversation as 'input' "
+                "or chain with 'previous_response_id'.",
+                param=name,
+                code="unsupported_parameter",
+            )
     if fields.integer(body, "top_logprobs", "top_logprobs", minimum=0):
-        raise InvalidRequest("top_logprobs is not supported on this gateway.", param="top_logprobs",
-                             code="unsupported_parameter")  # fmt: skip
+        raise InvalidRequest(
+            "top_logprobs is not supported on this gateway.", param="top_logprobs", code="unsupported_parameter"
+        )
 
 
 def _settings(body: Json, hub: Json) -> None:
@@ -117,13 +122,18 @@ def _settings(body: Json, hub: Json) -> None:
     user = fields.string(body, "user", "user")
     safety = fields.string(body, "safety_identifier", "safety_identifier")
     if safety is not None and len(safety) > 64:
-        raise InvalidRequest("Invalid 'safety_identifier': string too long. Expected a string with maximum length "
-                             f"64, but got a string with length {len(safety)} instead.", param="safety_identifier",
-                             code="string_above_max_length")  # fmt: skip
+        raise InvalidRequest(
+            "Invalid 'safety_identifier': string too long. Expected a string with maximum length "
+            f"64, but got a string with length {len(safety)} instead.",
+            param="safety_identifier",
+            code="string_above_max_length",
+        )
     if safety or user:
         hub["user"] = safety or user
     _metadata(body)
     for i, value in enumerate(fields.array(body, "include", "include") or ()):
+        if type(value) is not str:
+            raise fields.wrong_type(f"include[{i}]", "a string", value)
         if value not in INCLUDES:
             raise fields.invalid_value(f"include[{i}]", value, INCLUDES)
     reasoning = fields.obj(body, "reasoning", "reasoning") or {}
@@ -142,13 +152,17 @@ def _metadata(body: Json) -> None:
         raise InvalidRequest("Invalid 'metadata': at most 16 keys.", param="metadata", code="invalid_value")
     for key, value in metadata.items():
         if len(key) > 64:
-            raise InvalidRequest(f"Invalid 'metadata': key {key[:20]!r}... is longer than 64 characters.",
-                                 param="metadata", code="invalid_value")  # fmt: skip
+            raise InvalidRequest(
+                f"Invalid 'metadata': key {key[:20]!r}... is longer than 64 characters.",
+                param="metadata",
+                code="invalid_value",
+            )
         if type(value) is not str:
             raise fields.wrong_type(f"metadata.{key}", "a string", value)
         if len(value) > 512:
-            raise InvalidRequest(f"Invalid 'metadata.{key}': longer than 512 characters.", param=f"metadata.{key}",
-                                 code="invalid_value")  # fmt: skip
+            raise InvalidRequest(
+                f"Invalid 'metadata.{key}': longer than 512 characters.", param=f"metadata.{key}", code="invalid_value"
+            )
 
 
 def _tools(body: Json, hub: Json) -> None:
@@ -159,8 +173,11 @@ def _tools(body: Json, hub: Json) -> None:
             raise fields.wrong_type(where, "an object", tool)
         kind = fields.string(tool, "type", f"{where}.type")
         if kind != "function":
-            raise InvalidRequest(f"Tool type '{kind}' ({where}) is not served by this model's provider; only "
-                                 "function tools are.", param=where, code="unsupported_value")  # fmt: skip
+            raise InvalidRequest(
+                f"Tool type '{kind}' ({where}) is not served by this model's provider; only function tools are.",
+                param=where,
+                code="unsupported_value",
+            )
         function: Json = {"name": fields.required_string(tool, "name", f"{where}.name")}
         for key, read in (("description", fields.string), ("parameters", fields.obj), ("strict", fields.boolean)):
             value = read(tool, key, f"{where}.{key}")
@@ -183,8 +200,11 @@ def _tools(body: Json, hub: Json) -> None:
         elif kind == "allowed_tools":
             tools, hub["tool_choice"] = _allowed(choice, tools)
         else:
-            raise InvalidRequest(f"tool_choice of type '{kind}' is not served by this model's provider.",
-                                 param="tool_choice", code="unsupported_value")  # fmt: skip
+            raise InvalidRequest(
+                f"tool_choice of type '{kind}' is not served by this model's provider.",
+                param="tool_choice",
+                code="unsupported_value",
+            )
     if tools:
         hub["tools"] = tools
 
@@ -194,14 +214,18 @@ def _allowed(choice: Json, tools: list[Json]) -> tuple[list[Json], str]:
     OpenAI have no such choice; the model sees exactly the same tools)."""
     mode = fields.choice(choice, "mode", "tool_choice.mode", ("auto", "required"))
     if mode is None:
-        raise InvalidRequest("Missing required parameter: 'tool_choice.mode'.", param="tool_choice.mode",
-                             code="missing_required_parameter")  # fmt: skip
+        raise InvalidRequest(
+            "Missing required parameter: 'tool_choice.mode'.",
+            param="tool_choice.mode",
+            code="missing_required_parameter",
+        )
     names = set()
     for k, tool in enumerate(fields.array(choice, "tools", "tool_choice.tools") or ()):
         where = f"tool_choice.tools[{k}]"
         if type(tool) is not dict or tool.get("type") != "function":
-            raise InvalidRequest(f"'{where}': only function tools can be allowed on this gateway.", param=where,
-                                 code="unsupported_value")  # fmt: skip
+            raise InvalidRequest(
+                f"'{where}': only function tools can be allowed on this gateway.", param=where, code="unsupported_value"
+            )
         names.add(fields.required_string(tool, "name", f"{where}.name"))
     return [t for t in tools if t["function"]["name"] in names], mode
 
@@ -268,8 +292,11 @@ class _Conversation:
                     found = carry.decode(item.get("encrypted_content"))
                 except carry.DamagedState:
                     param = f"{where}.encrypted_content" if where.startswith("input") else where
-                    raise InvalidRequest(f"'{param}' was altered; send reasoning items back exactly as received.",
-                                         param=param, code="invalid_value") from None  # fmt: skip
+                    raise InvalidRequest(
+                        f"'{param}' was altered; send reasoning items back exactly as received.",
+                        param=param,
+                        code="invalid_value",
+                    ) from None
                 if found is not None:
                     state.merge(found)
             elif item["type"] == "function_call":
@@ -308,8 +335,9 @@ def _chat_content(parts: list[Json]) -> str | list[Json]:
         if kind == "input_text":
             out.append({"type": "text", "text": part["text"]})
         elif kind == "input_image":
-            out.append({"type": "image_url", "image_url": {"url": part["image_url"],
-                                                           "detail": _CHAT_DETAIL[part["detail"]]}})  # fmt: skip
+            out.append(
+                {"type": "image_url", "image_url": {"url": part["image_url"], "detail": _CHAT_DETAIL[part["detail"]]}}
+            )
         else:  # input_file
             file: Json = {"file_data": part["file_data"]}
             if "filename" in part:
@@ -325,7 +353,10 @@ def _output_text(item: Json, where: str) -> str:
     texts = []
     for j, part in enumerate(output):
         if part["type"] != "input_text":
-            raise InvalidRequest(f"'{where}.output[{j}]': only text can be returned from a function on this "
-                                 "gateway.", param=f"{where}.output[{j}]", code="unsupported_value")  # fmt: skip
+            raise InvalidRequest(
+                f"'{where}.output[{j}]': only text can be returned from a function on this gateway.",
+                param=f"{where}.output[{j}]",
+                code="unsupported_value",
+            )
         texts.append(part["text"])
     return "".join(texts)

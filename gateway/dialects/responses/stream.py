@@ -152,8 +152,9 @@ class ResponseStream:
         message = str(inner.get("message") or "The upstream failed while answering.")
         kind = inner.get("type") or "server_error"
         code = inner.get("code")
-        self._emit({"type": "error", "error": {"type": kind, "code": code, "message": message,
-                                                "param": inner.get("param")}})  # fmt: skip
+        self._emit(
+            {"type": "error", "error": {"type": kind, "code": code, "message": message, "param": inner.get("param")}}
+        )
         failure = {"code": code or kind, "message": message}
         self.final = self.ctx.response("failed", self.output, error=failure)
         self._emit({"type": "response.failed", "response": self.final})
@@ -164,6 +165,9 @@ class ResponseStream:
         event["sequence_number"] = self.seq
         self.seq += 1
         self.out.append(event)
+
+    def _item_event(self, kind: str, **fields: Any) -> None:
+        self._emit({"type": kind, "item_id": self.item_id, "output_index": self.index, **fields})
 
     def _open(self, kind: str, prefix: str, item: Json) -> None:
         self.kind, self.index = kind, len(self.output)
@@ -178,17 +182,21 @@ class ResponseStream:
             item = self._reasoning_item()
         elif kind == "message":
             self._close_part()
-            item = {"id": self.item_id, "type": "message", "status": status, "content": self.parts,
-                    "role": "assistant"}  # fmt: skip
+            item = {"id": self.item_id, "type": "message", "status": status, "content": self.parts, "role": "assistant"}
             self.parts = []
         else:
             call = self.call
             assert call is not None
             arguments = "".join(call.args)
-            self._emit({"type": "response.function_call_arguments.done", "item_id": self.item_id,
-                        "output_index": self.index, "arguments": arguments, "name": call.name})  # fmt: skip
-            item = {"id": self.item_id, "type": "function_call", "status": status, "arguments": arguments,
-                    "call_id": call.call_id, "name": call.name}  # fmt: skip
+            self._item_event("response.function_call_arguments.done", arguments=arguments, name=call.name)
+            item = {
+                "id": self.item_id,
+                "type": "function_call",
+                "status": status,
+                "arguments": arguments,
+                "call_id": call.call_id,
+                "name": call.name,
+            }
             call.state, self.call = "done", None
         self.output.append(item)
         self._emit({"type": "response.output_item.done", "output_index": self.index, "item": item})
@@ -202,13 +210,12 @@ class ResponseStream:
             self._open("reasoning", "rs_", {"id": "", "type": "reasoning", "summary": []})
             self.texts = []
             if self.ctx.summaries:
-                self._emit({"type": "response.reasoning_summary_part.added", "item_id": self.item_id,
-                            "output_index": self.index, "summary_index": 0,
-                            "part": {"type": "summary_text", "text": ""}})  # fmt: skip
+                self._item_event(
+                    "response.reasoning_summary_part.added", summary_index=0, part={"type": "summary_text", "text": ""}
+                )
         self.texts.append(text)
         if self.ctx.summaries:
-            self._emit({"type": "response.reasoning_summary_text.delta", "item_id": self.item_id,
-                        "output_index": self.index, "summary_index": 0, "delta": text})  # fmt: skip
+            self._item_event("response.reasoning_summary_text.delta", summary_index=0, delta=text)
 
     def _reasoning_item(self) -> Json:
         text = "".join(self.texts)
@@ -216,9 +223,8 @@ class ResponseStream:
         summary = []
         if self.ctx.summaries and text:
             part = {"type": "summary_text", "text": text}
-            common = {"item_id": self.item_id, "output_index": self.index, "summary_index": 0}
-            self._emit({"type": "response.reasoning_summary_text.done", **common, "text": text})
-            self._emit({"type": "response.reasoning_summary_part.done", **common, "part": part})
+            self._item_event("response.reasoning_summary_text.done", summary_index=0, text=text)
+            self._item_event("response.reasoning_summary_part.done", summary_index=0, part=part)
             summary.append(part)
         state = carry.Carried(reasoning_content=text or None)
         state.merge(self.pending)
@@ -239,37 +245,46 @@ class ResponseStream:
         if self.kind != "message":
             self._close_all_calls()
             self._close()
-            self._open("message", "msg_", {"id": "", "type": "message", "status": "in_progress", "content": [],
-                                           "role": "assistant"})  # fmt: skip
+            self._open(
+                "message",
+                "msg_",
+                {"id": "", "type": "message", "status": "in_progress", "content": [], "role": "assistant"},
+            )
         if self.part != kind:
             self._close_part()
             self.part, self.texts = kind, []
             part = _empty_part(kind)
-            self._emit({"type": "response.content_part.added", "item_id": self.item_id,
-                        "output_index": self.index, "content_index": len(self.parts), "part": part})  # fmt: skip
+            self._item_event("response.content_part.added", content_index=len(self.parts), part=part)
         if not text:
             return
         self.texts.append(text)
         if kind == "output_text":
-            self._emit({"type": "response.output_text.delta", "item_id": self.item_id, "output_index": self.index,
-                        "content_index": len(self.parts), "delta": text, "logprobs": []})  # fmt: skip
+            self._emit(  # the hot path: one literal per text delta
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": self.item_id,
+                    "output_index": self.index,
+                    "content_index": len(self.parts),
+                    "delta": text,
+                    "logprobs": [],
+                }
+            )
         else:
-            self._emit({"type": "response.refusal.delta", "item_id": self.item_id, "output_index": self.index,
-                        "content_index": len(self.parts), "delta": text})  # fmt: skip
+            self._item_event("response.refusal.delta", content_index=len(self.parts), delta=text)
 
     def _close_part(self) -> None:
         kind = self.part
         if kind is None:
             return
         text = "".join(self.texts)
-        common = {"item_id": self.item_id, "output_index": self.index, "content_index": len(self.parts)}
+        index = len(self.parts)
         if kind == "output_text":
-            self._emit({"type": "response.output_text.done", **common, "text": text, "logprobs": []})
+            self._item_event("response.output_text.done", content_index=index, text=text, logprobs=[])
             part: Json = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
         else:
-            self._emit({"type": "response.refusal.done", **common, "refusal": text})
+            self._item_event("response.refusal.done", content_index=index, refusal=text)
             part = {"type": "refusal", "refusal": text}
-        self._emit({"type": "response.content_part.done", **common, "part": part})
+        self._item_event("response.content_part.done", content_index=index, part=part)
         self.parts.append(part)
         self.part, self.texts = None, []
 
@@ -289,11 +304,12 @@ class ResponseStream:
             elif function.get("name") and call.state == "waiting" and not call.name:
                 call.name = function["name"]
             arguments = function.get("arguments")
+            # a fragment for a call already done cannot be shown any more; a
+            # complete JSON value is never followed by more, so real streams never send one
             if arguments and type(arguments) is str and call.state != "done":
                 call.args.append(arguments)
                 if call is self.call:
-                    self._emit({"type": "response.function_call_arguments.delta", "item_id": self.item_id,
-                                "output_index": self.index, "delta": arguments})  # fmt: skip
+                    self._item_event("response.function_call_arguments.delta", delta=arguments)
         self._advance()
 
     def _next_call(self) -> _Call | None:
@@ -322,11 +338,20 @@ class ResponseStream:
         if self.pending.call_ids:
             self._state_item()  # the original ids must precede the calls that use their short forms
         self.call, call.state = call, "open"
-        self._open("call", "fc_", {"id": "", "type": "function_call", "status": "in_progress", "arguments": "",
-                                   "call_id": call.call_id, "name": call.name})  # fmt: skip
+        self._open(
+            "call",
+            "fc_",
+            {
+                "id": "",
+                "type": "function_call",
+                "status": "in_progress",
+                "arguments": "",
+                "call_id": call.call_id,
+                "name": call.name,
+            },
+        )
         if call.args:
-            self._emit({"type": "response.function_call_arguments.delta", "item_id": self.item_id,
-                        "output_index": self.index, "delta": "".join(call.args)})  # fmt: skip
+            self._item_event("response.function_call_arguments.delta", delta="".join(call.args))
 
 
 def _empty_part(kind: str) -> Json:
