@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Model
+from gateway.dialects import carry
 from gateway.dialects.messages.render import MessageContext, render_error, render_message, render_model, render_models
 from gateway.dialects.messages.request import count_tokens_body, to_hub
 from gateway.dialects.messages.state import EMPTY, client_tool_id, seal, unseal
@@ -546,7 +547,7 @@ def test_long_tool_ids_are_mapped_and_restored_through_the_envelope() -> None:
     kinds = [b["type"] for b in message["content"]]
     assert kinds == ["thinking", "text", "tool_use", "tool_use", "tool_use", "thinking"]
     uses = message["content"][2:5]
-    assert uses[0]["id"] == client_tool_id(kimi) and uses[0]["id"].startswith("toolu_") and len(uses[0]["id"]) == 30
+    assert uses[0]["id"] == client_tool_id(kimi) and uses[0]["id"].startswith("call_") and len(uses[0]["id"]) == 37
     assert uses[1]["id"] == client_tool_id(mcp) and uses[1]["input"] == {}  # broken arguments -> {}
     assert uses[2]["id"] == "call_ok_1" and uses[2]["input"] == {}
     assert message["stop_reason"] == "tool_use"  # even though the upstream said "stop"
@@ -613,23 +614,44 @@ def test_context_for_request() -> None:
 
 def test_envelope_round_trip_and_tampering() -> None:
     signature = "EqEECkYICxgCKkAo3UA4+/=="
-    sealed = seal(signature, {"toolu_x": "functions.Bash:0"})
-    assert sealed.startswith("gwm1.") and client_tool_id(sealed[5:]) == sealed[5:]  # URL-safe, no padding
+    sealed = seal(signature, {"call_x": "functions.Bash:0"})
+    assert sealed.startswith("gwr1.") and client_tool_id(sealed[5:]) == sealed[5:]  # URL-safe, no padding
     carried = unseal(sealed, "p")
-    assert carried is not None and carried.signature == signature and carried.ids == {"toolu_x": "functions.Bash:0"}
+    assert (
+        carried is not None
+        and carried.reasoning_signature == signature
+        and carried.call_ids == {"call_x": "functions.Bash:0"}
+    )
     assert seal(None, {}) == EMPTY and unseal(EMPTY, "p") == type(carried)()
     assert unseal(signature, "p") is None  # an Anthropic signature is not ours
-    for bad in ("gwm1.!!!", "gwm1." + sealed[5:-3], "gwm1.WzFd", "gwm1.eyJzIjo1fQ"):  # garbage, cut, [1], {"s":5}
+    for bad in (
+        "gwr1.!!!",
+        "gwr1." + sealed[5:-3],
+        "gwr1.WzFd",
+        "gwr1.eyJyZWFzb25pbmdfc2lnbmF0dXJlIjo1fQ",
+    ):  # garbage, cut, [1], a number
         with pytest.raises(InvalidRequest) as err:
             unseal(bad, "messages[1].content[0].signature")
         assert err.value.param == "messages[1].content[0].signature" and err.value.code == "invalid_signature"
+
+
+def test_an_envelope_from_the_responses_dialect_is_understood() -> None:
+    """One codec for every dialect: state minted for a Responses client (reasoning text
+    inside the envelope) comes back whole when the conversation continues here."""
+    envelope = carry.encode(carry.Carried("thought", "sig==", {"call_s": "functions.Bash:0"}))
+    body = base_body()
+    body["messages"][1]["content"].insert(0, {"type": "thinking", "thinking": "", "signature": envelope})
+    body["messages"][1]["content"][1]["id"] = body["messages"][2]["content"][0]["tool_use_id"] = "call_s"
+    assistant, result = to_hub(body)["messages"][1:3]
+    assert (assistant["reasoning_content"], assistant["reasoning_signature"]) == ("thought", "sig==")
+    assert assistant["tool_calls"][0]["id"] == result["tool_call_id"] == "functions.Bash:0"
 
 
 def test_thinking_only_answer_keeps_its_state_in_its_own_block() -> None:
     completion = completion_of({"content": None, "reasoning_content": "deep", "reasoning_signature": "sig=="}, "length")
     message = render_message(completion, MessageContext(model="m", thinking=True))
     assert [b["type"] for b in message["content"]] == ["thinking"]
-    assert unseal(message["content"][0]["signature"], "x").signature == "sig=="  # type: ignore[union-attr]
+    assert unseal(message["content"][0]["signature"], "x").reasoning_signature == "sig=="  # type: ignore[union-attr]
 
 
 # -- errors and models --------------------------------------------------------------------

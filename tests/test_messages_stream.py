@@ -310,8 +310,8 @@ def test_odd_tool_ids_and_late_signature_go_in_a_trailing_state_block() -> None:
     signatures = [e["delta"]["signature"] for e in events if e.get("delta", {}).get("type") == "signature_delta"]
     assert signatures[0] == EMPTY
     carried = unseal(signatures[1], "x")
-    assert carried is not None and carried.signature == "c2lnbmF0dXJl"
-    assert carried.ids == {blocks[1]["id"]: "functions.Bash:0", blocks[2]["id"]: "functions.Read:1"}
+    assert carried is not None and carried.reasoning_signature == "c2lnbmF0dXJl"
+    assert carried.call_ids == {blocks[1]["id"]: "functions.Bash:0", blocks[2]["id"]: "functions.Read:1"}
     broken = [e for e in events if e.get("index") == 2 and e["type"] == "content_block_delta"]
     assert broken[0]["delta"]["partial_json"] == "{}"  # not JSON: sent as {}, as render does
     assert events[-2]["delta"]["stop_reason"] == "tool_use"  # the upstream said "stop"
@@ -322,7 +322,7 @@ def test_thinking_only_stream_signs_its_one_block() -> None:
     check_order(events)
     assert [e["type"] for e in events].count("content_block_start") == 1
     signature = next(e["delta"]["signature"] for e in events if e.get("delta", {}).get("type") == "signature_delta")
-    assert unseal(signature, "x").signature == "c2ln"  # type: ignore[union-attr]
+    assert unseal(signature, "x").reasoning_signature == "c2ln"  # type: ignore[union-attr]
     assert events[-2]["delta"]["stop_reason"] == "max_tokens"
     assert events[-2]["usage"] == {"output_tokens": 0}  # usage unknown: message_start's input count stands
 

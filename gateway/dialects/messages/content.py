@@ -39,7 +39,7 @@ def hub_messages(value: Any) -> list[Json]:
     """The hub messages for a Messages `messages` array (system text is handled by the caller)."""
     messages = F.array(value, "messages")
     if not messages:
-        F.fail("messages", "must not be empty")
+        F.fail("messages", "expected at least one message")
     restored: dict[str, str] = {}  # tool id shown to the client -> upstream id, from our envelopes
     out: list[Json] = []
     for i, message in enumerate(messages):
@@ -77,9 +77,9 @@ def _assistant(blocks: list[Any], where: str, restored: dict[str, str]) -> list[
             if carried is None:
                 continue  # another provider's thinking: meaningless to this upstream
             ours = True
-            reasoning.append(text)
-            signature = signature or carried.signature
-            restored.update(carried.ids)
+            reasoning.append(text or carried.reasoning_content or "")  # another dialect's envelope holds the text
+            signature = signature or carried.reasoning_signature
+            restored.update(carried.call_ids)
         elif kind == "tool_use":
             calls.append((j, block))  # after the loop: the envelope naming its id may come later
         elif kind in _SERVER_HISTORY or (kind.endswith("_tool_result") and kind != "tool_result"):

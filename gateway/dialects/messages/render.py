@@ -4,7 +4,7 @@
   and the hub has `reasoning_content`), `text` (content, or a refusal's text),
   `tool_use` (`input` parsed from the arguments; text that is not a JSON object
   becomes `{}`, logged with the tool's name).  Tool ids outside
-  `^[a-zA-Z0-9_-]+$` are shown as `toolu_` + a hash (state.py).
+  `^[a-zA-Z0-9_-]+$` are shown as `call_` + a hash (state.py).
 - State for the next turn (the hub `reasoning_signature`, mapped tool ids) goes
   in the envelope of the last block when that is a thinking block; otherwise in
   one more, empty, thinking block after the tool calls.  Earlier thinking blocks

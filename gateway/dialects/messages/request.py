@@ -89,14 +89,14 @@ def _translate(body: Any, count_only: bool) -> Json:
         if value is None or name in _TRANSLATED or name in _DROPPED:
             continue
         why = _REFUSED.get(name, "this parameter is not supported by this model on this gateway")
-        raise InvalidRequest(f"{name}: {why}.", param=name, code="unsupported_parameter")
+        raise InvalidRequest(f"Unsupported parameter '{name}': {why}.", param=name, code="unsupported_parameter")
     hub: Json = {"model": F.string(body.get("model"), "model", empty=False)}
     system = _system(body.get("system"))
     hub["messages"] = ([{"role": "system", "content": system}] if system else []) + hub_messages(body.get("messages"))
 
     max_tokens = F.integer(body.get("max_tokens"), "max_tokens", 1)
     if max_tokens is None and not count_only:
-        raise InvalidRequest("max_tokens: Field required.", param="max_tokens", code="missing_required_parameter")
+        F.obj(None, "max_tokens")  # the "missing" 400
     if max_tokens is not None and not count_only:
         hub["max_completion_tokens"] = max_tokens
     stop = body.get("stop_sequences")
@@ -196,7 +196,7 @@ def _effort(thinking: Any, output_config: Json | None, hub: Json) -> str | None:
         else:
             budget = F.integer(thinking.get("budget_tokens"), "thinking.budget_tokens", 1)
             if budget is None:
-                F.fail("thinking.budget_tokens", "is required when thinking is enabled")
+                F.fail("thinking.budget_tokens", "required when thinking.type is 'enabled'")
             level = "low" if budget < 2048 else "medium" if budget < 8192 else "high"
         if thinking.get("display") is not None:
             F.choice(thinking["display"], "thinking.display", ("summarized", "omitted"))

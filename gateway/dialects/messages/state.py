@@ -1,92 +1,58 @@
 """Provider state that must outlive a turn, carried in a Messages client's own slot.
 
 A Messages client replays `thinking` blocks byte for byte, so the `signature` of a
-thinking block is where the gateway keeps what the hub needs back next turn:
+thinking block is where the gateway keeps what the hub needs back next turn: the
+hub's `reasoning_signature`, and the upstream ids of tool calls whose ids
+Anthropic's pattern `^[a-zA-Z0-9_-]+$` refuses (Kimi's `functions.Bash:0`...).
+The envelope is the one every dialect uses (gateway/dialects/carry.py:
+`gwr1.` + base64url JSON, no MAC); genuine Anthropic signatures are plain base64
+and never contain '.', so they cannot be mistaken for ours.  This module only
+fits it to Messages:
 
-- the hub's `reasoning_signature` (opaque state of the upstream that thought), and
-- tool-call ids that Anthropic's pattern `^[a-zA-Z0-9_-]+$` refuses, which go to
-  the client as `toolu_` + base64url(sha256(id))[:24] and come back as the original.
-
-The value is `gwm1.` + base64url(JSON), no padding: `{"s": signature, "t": {shown
-id: original id}}` with empty members left out (`gwm1.e30` is "ours, no state").
-Genuine Anthropic signatures are plain base64 and never contain '.', so the prefix
-cannot collide with one.  There is no MAC: the envelope only restores hub fields
-a client may send directly on /v1/chat/completions anyway, so forging one gains
-nothing; a value with our prefix that does not decode is the client's 400.
+- ids are only replaced when they break the pattern (Anthropic sets no length
+  limit), so Gemini's signed ids (`call_<24>__ts_<signature>`) reach the client
+  as they are and still work when the client did not enable thinking;
+- the reasoning text travels in the block's own `thinking` field, not again in
+  the envelope;
+- an envelope of ours that does not decode is the client's 400, naming the field.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
-import orjson
-
+from gateway.dialects import carry
+from gateway.dialects.carry import Carried
 from gateway.errors import InvalidRequest
 
-PREFIX: Final = "gwm1."
-EMPTY: Final = PREFIX + "e30"  # base64url of b"{}": a thinking block of ours that carries nothing
-TOOL_ID: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
+__all__ = ["EMPTY", "Carried", "client_tool_id", "seal", "unseal"]
 
-
-@dataclass(frozen=True, slots=True)
-class Carried:
-    """What one envelope holds."""
-
-    signature: str | None = None  # the hub's reasoning_signature
-    ids: dict[str, str] = field(default_factory=dict)  # id shown to the client -> upstream id
+EMPTY: Final = carry.encode(Carried())  # a thinking block of ours that carries nothing
 
 
 def client_tool_id(upstream_id: str) -> str:
-    """The id a Messages client may see for an upstream tool-call id: itself when
-    Anthropic's pattern allows it, else a deterministic stand-in (stable across
+    """The id a Messages client sees for an upstream tool-call id: itself when the
+    pattern allows it, else carry's deterministic `call_` + hash (stable across
     turns, so a call and its result always agree without any store)."""
-    if TOOL_ID.match(upstream_id):
-        return upstream_id
-    digest = base64.urlsafe_b64encode(hashlib.sha256(upstream_id.encode()).digest()).decode()
-    return "toolu_" + digest[:24]
+    return carry.short_call_id(upstream_id, limit=sys.maxsize)
 
 
 def seal(signature: str | None, ids: Mapping[str, str] | None) -> str:
     """The envelope for this state (EMPTY when there is none)."""
-    payload: dict[str, object] = {}
-    if signature:
-        payload["s"] = signature
-    if ids:
-        payload["t"] = dict(ids)
-    if not payload:
-        return EMPTY
-    return PREFIX + base64.urlsafe_b64encode(orjson.dumps(payload)).rstrip(b"=").decode()
+    return carry.encode(Carried(reasoning_signature=signature or None, call_ids=dict(ids or {})))
 
 
 def unseal(value: str, param: str) -> Carried | None:
     """The state in an envelope of ours; None when `value` is not ours (an Anthropic
-    signature, say).  A value with our prefix that does not decode is a 400."""
-    if not value.startswith(PREFIX):
-        return None
-    encoded = value[len(PREFIX) :]
+    signature, say)."""
     try:
-        payload = orjson.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError):
-        payload = None
-    if not isinstance(payload, dict):
-        raise _tampered(param)
-    signature, ids = payload.get("s"), payload.get("t", {})
-    if signature is not None and not isinstance(signature, str):
-        raise _tampered(param)
-    if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
-        raise _tampered(param)
-    return Carried(signature, ids)
-
-
-def _tampered(param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{param}: this signature was issued by the gateway but has been altered; send thinking blocks back unchanged.",
-        param=param,
-        code="invalid_signature",
-    )
+        return carry.decode(value)
+    except carry.DamagedState:
+        raise InvalidRequest(
+            f"{param}: this signature was issued by the gateway but has been altered; "
+            "send thinking blocks back unchanged.",
+            param=param,
+            code="invalid_signature",
+        ) from None
