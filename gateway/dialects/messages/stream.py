@@ -25,7 +25,8 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.dialects.messages.render import MessageContext, render_error, stop_reason, tool_id, tool_input, usage
+from gateway.dialects.messages.render import MessageContext, render_error, stop_reason, tool_id, tool_input
+from gateway.dialects.messages.render import usage as messages_usage
 from gateway.dialects.messages.state import EMPTY, seal
 from gateway.errors import GatewayError
 
@@ -111,13 +112,13 @@ class MessageStream:
                 self._finish = choice["finish_reason"]
         return out
 
-    def finish(self, hub_usage: Json | None = None) -> list[Json]:
+    def finish(self, usage: Json | None = None) -> list[Json]:
         """Close everything: the last blocks, message_delta (stop reason, usage), message_stop."""
         if self._done:
             return []
         self._done = True
-        if hub_usage:
-            self._usage = hub_usage
+        if usage:
+            self._usage = usage
         out: list[Json] = []
         if self._open == "thinking" and not self._waiting:
             state = EMPTY
@@ -133,7 +134,7 @@ class MessageStream:
             self._close(out, state)
         reason = stop_reason(self._finish, bool(self._calls), self._refused)
         # unknown usage: only output_tokens (the SDK requires it), so message_start's input count stands
-        delta_usage = usage(self._usage) if self._usage else {"output_tokens": 0}
+        delta_usage = messages_usage(self._usage) if self._usage else {"output_tokens": 0}
         out.append(
             {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": delta_usage}
         )
