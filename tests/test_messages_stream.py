@@ -317,6 +317,23 @@ def test_odd_tool_ids_and_late_signature_go_in_a_trailing_state_block() -> None:
     assert events[-2]["delta"]["stop_reason"] == "tool_use"  # the upstream said "stop"
 
 
+def test_text_amid_a_tool_calls_fragments_waits_and_loses_nothing() -> None:
+    chunks = [
+        call(0, "call_1", "f", '{"a":'),
+        chunk({"content": "(aside)"}),
+        chunk({"reasoning_content": "hmm"}),
+        call(0, args=" 1}"),
+        chunk({}, "tool_calls"),
+    ]
+    events = run(chunks, MessageContext(model="m", thinking=True))
+    check_order(events)
+    blocks = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    assert blocks == ["tool_use", "text", "thinking"]
+    deltas = [e["delta"] for e in events if e["type"] == "content_block_delta"]
+    assert deltas[0] == {"type": "input_json_delta", "partial_json": '{"a": 1}'}
+    assert deltas[1:3] == [{"type": "text_delta", "text": "(aside)"}, {"type": "thinking_delta", "thinking": "hmm"}]
+
+
 def test_thinking_only_stream_signs_its_one_block() -> None:
     events = run(THINKING_ONLY, MessageContext(model="m", thinking=True))
     check_order(events)

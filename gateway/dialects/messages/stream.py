@@ -15,8 +15,11 @@ broken text, so the whole is checked first (not a JSON object -> `{}`, as
 render.py does).  Chat lets the fragments of parallel calls interleave; a call
 that starts while another is open waits, and the open one is closed as soon as
 its arguments form a complete JSON object (so sequential calls still flow), or
-at the end.  Thinking blocks and the state envelope follow render.py's rule, so
-the SDK's accumulated message equals `render_message` of the same answer.
+at the end.  Text or thinking that comes once a call has started (rare: answers
+put text first) is held and sent after the calls, since closing a call's block
+early would cut its arguments.  Thinking blocks and the state envelope follow
+render.py's rule, so the SDK's accumulated message equals `render_message` of
+the same answer (for answers in Anthropic's order: thinking, text, tool calls).
 """
 
 from __future__ import annotations
@@ -40,13 +43,12 @@ def frame(event: Json) -> bytes:
 
 
 class _Call:
-    __slots__ = ("id", "name", "args", "index")
+    __slots__ = ("id", "name", "args")
 
     def __init__(self) -> None:
         self.id: str | None = None
         self.name: str | None = None
         self.args: list[str] = []
-        self.index = -1  # block index once started
 
     def arguments(self) -> str:
         if len(self.args) > 1:
@@ -69,6 +71,7 @@ class MessageStream:
         self._finish: str | None = None
         self._refused = False
         self._usage: Json | None = None
+        self._late: list[tuple[str, str]] = []  # (block kind, text) that came after a tool call started
         self._done = False
 
     def start(self, input_tokens: int = 0) -> list[Json]:
@@ -120,14 +123,18 @@ class MessageStream:
         if usage:
             self._usage = usage
         out: list[Json] = []
-        if self._open == "thinking" and not self._waiting:
-            state = EMPTY
-            self._close(out, seal(self._signature, self._ids))  # the last block carries the state
-        else:
+        if self._waiting or self._late:
             self._close(out)
             while self._waiting:
                 self._start_call(out)
                 self._close(out)
+            for kind, text in self._late:
+                self._text(kind, text, out)
+        if self._open == "thinking":
+            state = EMPTY
+            self._close(out, seal(self._signature, self._ids))  # the last block carries the state
+        else:
+            self._close(out)
             state = seal(self._signature, self._ids) if self.ctx.thinking else EMPTY
         if state != EMPTY:
             self._open_block(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
@@ -150,10 +157,7 @@ class MessageStream:
     def _delta(self, delta: Json, out: list[Json]) -> None:
         reasoning = delta.get("reasoning_content")
         if reasoning and self.ctx.thinking:
-            if self._open != "thinking":
-                self._close(out)
-                self._open_block(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            out.append(self._block_delta({"type": "thinking_delta", "thinking": reasoning}))
+            self._text("thinking", reasoning, out)
         signature = delta.get("reasoning_signature")
         if signature:
             self._signature = (self._signature or "") + signature
@@ -161,13 +165,29 @@ class MessageStream:
             text = delta.get(key)
             if text:
                 self._refused = self._refused or key == "refusal"
-                if self._open != "text":
-                    self._close(out)
-                    self._open_block(out, "text", {"type": "text", "text": ""})
-                out.append(self._block_delta({"type": "text_delta", "text": text}))
+                self._text("text", text, out)
         calls = delta.get("tool_calls")
         if calls:
             self._fragments(calls, out)
+
+    def _text(self, kind: str, text: str, out: list[Json]) -> None:
+        """Thinking or answer text: live, until a tool call has started.  After that it
+        waits for the end, as closing a call's block early would cut off its arguments."""
+        if self._calls and not self._done:
+            self._late.append((kind, text))
+            return
+        if self._open != kind:
+            self._close(out)
+            empty = (
+                {"type": "thinking", "thinking": "", "signature": ""}
+                if kind == "thinking"
+                else {"type": "text", "text": ""}
+            )
+            self._open_block(out, kind, empty)
+        delta = (
+            {"type": "thinking_delta", "thinking": text} if kind == "thinking" else {"type": "text_delta", "text": text}
+        )
+        out.append(self._block_delta(delta))
 
     def _fragments(self, fragments: list[Json], out: list[Json]) -> None:
         for fragment in fragments:
@@ -195,14 +215,12 @@ class MessageStream:
         call = self._current = self._waiting.pop(0)
         name = call.name or ""
         block = {"type": "tool_use", "id": tool_id(call.id, self._ids), "name": name, "input": {}}
-        call.index = self._open_block(out, "tool_use", block)
+        self._open_block(out, "tool_use", block)
 
-    def _open_block(self, out: list[Json], kind: str, block: Json) -> int:
-        index = self._next
+    def _open_block(self, out: list[Json], kind: str, block: Json) -> None:
+        out.append({"type": "content_block_start", "index": self._next, "content_block": block})
         self._next += 1
         self._open = kind
-        out.append({"type": "content_block_start", "index": index, "content_block": block})
-        return index
 
     def _block_delta(self, delta: Json) -> Json:
         return {"type": "content_block_delta", "index": self._next - 1, "delta": delta}
