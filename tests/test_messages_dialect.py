@@ -363,6 +363,7 @@ BAD_FIELDS = [
     ("messages.0.content.0.type", "video", "messages[0].content[0].type"),
     ("messages.0.content.0.text", 5, "messages[0].content[0].text"),
     ("messages.1.content.0.input", "{}", "messages[1].content[0].input"),
+    ("messages.1.content.0.input", {"n": 10**30}, "messages[1].content[0].input"),  # json.loads keeps big ints
     ("messages.1.content.0.id", None, "messages[1].content[0].id"),
     ("messages.1.content.0.name", 7, "messages[1].content[0].name"),
     ("messages.1.content.0.type", "tool_result", "messages[1].content[0].type"),

@@ -64,7 +64,6 @@ def _assistant(blocks: list[Any], where: str, restored: dict[str, str]) -> list[
     reasoning: list[str] = []
     signature: str | None = None
     calls: list[tuple[int, Json]] = []
-    ours = False
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
         kind = _type(block, at)
@@ -76,7 +75,6 @@ def _assistant(blocks: list[Any], where: str, restored: dict[str, str]) -> list[
             carried = unseal(F.string(block.get(name), f"{at}.{name}"), f"{at}.{name}")
             if carried is None:
                 continue  # another provider's thinking: meaningless to this upstream
-            ours = True
             reasoning.append(text or carried.reasoning_content or "")  # another dialect's envelope holds the text
             signature = signature or carried.reasoning_signature
             restored.update(carried.call_ids)
@@ -87,14 +85,14 @@ def _assistant(blocks: list[Any], where: str, restored: dict[str, str]) -> list[
         else:
             _misplaced(kind, at, "assistant")
     tool_calls = [_tool_call(block, f"{where}.content[{j}]", restored) for j, block in calls]
-    text = "".join(texts)
-    if not (text or tool_calls or ours):
+    text, thought = "".join(texts), "".join(reasoning)
+    if not (text or tool_calls or thought or signature):
         return []  # nothing left once foreign state is dropped
     out: Json = {"role": "assistant", "content": text or (None if tool_calls else "")}
     if tool_calls:
         out["tool_calls"] = tool_calls
-    if ours and any(reasoning):
-        out["reasoning_content"] = "".join(reasoning)
+    if thought:
+        out["reasoning_content"] = thought
     if signature is not None:
         out["reasoning_signature"] = signature
     return [out]
@@ -103,7 +101,10 @@ def _assistant(blocks: list[Any], where: str, restored: dict[str, str]) -> list[
 def _tool_call(block: Json, at: str, restored: dict[str, str]) -> Json:
     call_id = F.string(block.get("id"), f"{at}.id", empty=False)
     name = F.string(block.get("name"), f"{at}.name", empty=False)
-    arguments = orjson.dumps(F.obj(block.get("input"), f"{at}.input")).decode()
+    try:
+        arguments = orjson.dumps(F.obj(block.get("input"), f"{at}.input")).decode()
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, when the body was not read by orjson
+        F.fail(f"{at}.input", "a value in it cannot be encoded as JSON")
     function = {"name": name, "arguments": arguments}
     return {"id": restored.get(call_id, call_id), "type": "function", "function": function}
 
