@@ -14,8 +14,8 @@ import time
 
 from aiohttp import web
 
-from gateway.appkeys import CALLER, METRICS, RECORD, REQUEST_ID, USAGE
-from gateway.errors import GatewayError, Handler
+from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, REQUEST_ID, USAGE
+from gateway.errors import GatewayError, Handler, from_http_exception
 from gateway.ids import hex_id
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _ACCOUNTED = frozenset({"/v1/chat/completions", "/v1/embeddings"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+MAX_MODEL_CHARS = 256  # of a client's `model` string kept in the row: it is the client's text, of any length
 
 
 @web.middleware
@@ -42,9 +43,16 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
     except GatewayError as exc:  # answered by the error middleware, which sits outside this one
         record.status, record.error_code = exc.status, exc.code or exc.type
         raise
+    except web.HTTPException as exc:  # aiohttp's own (413 body too large...), answered as sent
+        if exc.status >= 400:
+            error = from_http_exception(exc)
+            record.status, record.error_code = error.status, error.code or error.type
+        else:
+            record.status = exc.status
+        raise
     except asyncio.CancelledError:
-        record.status = CLIENT_CLOSED
-        record.error_code = "client_closed"
+        if not record.status:  # a stream cut by shutdown has already recorded its own status
+            record.status, record.error_code = CLIENT_CLOSED, "client_closed"
         raise
     finally:
         caller = request.get(CALLER)
@@ -53,8 +61,10 @@ async def accounting_middleware(request: web.Request, handler: Handler) -> web.S
         record.latency_ms = round((time.monotonic() - started) * 1000, 3)
         if not record.status:  # a bug escaped the handler: the error middleware answers 500
             record.status, record.error_code = 500, "internal_error"
+        if record.model is not None and len(record.model) > MAX_MODEL_CHARS:
+            record.model = record.model[:MAX_MODEL_CHARS]
         request.app[USAGE].record(record)
-        request.app[METRICS].observe(record)
+        request.app[METRICS].observe(record, request.app[LIVE].current.config.models)
         # DEBUG, not INFO: the usage table already is the access log, and this line cost
         # 5-8 % of a request in the profile (scripts/bench); `--log-level DEBUG` shows it
         log.debug(

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
+from gateway.providers.base import Reply
 from gateway.routing import Caller
 from gateway.runtime import Live, Runtime
 from gateway.usage import UsageRecord, UsageStore
@@ -28,3 +29,4 @@ CALLER = web.RequestKey("CALLER", Caller)
 RECORD = web.RequestKey("RECORD", UsageRecord)
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 RATE_HEADERS = web.RequestKey("RATE_HEADERS", dict)  # x-ratelimit-* for this request's answer
+REPLY = web.RequestKey("REPLY", Reply)  # the answer being built: what it relayed, when no usage comes

@@ -18,13 +18,15 @@ keys, upstream URLs or prompt text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+_MAX_TEXT = {"message": 8192, "type": 128, "code": 128, "param": 256}  # characters kept of an upstream's field
 
 
 class GatewayError(Exception):
@@ -51,6 +53,18 @@ class GatewayError(Exception):
         self.type = type or self.type
         self.code = code if code is not None else self.code
         self.headers = dict(headers or {})
+
+    def redact(self, secrets: Iterable[str]) -> None:
+        """Remove every secret from each text field a client or a log line may see, and
+        cap their length: an upstream may echo its key, or anything, in any field."""
+        for name in ("message", "type", "code", "param"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                continue
+            for secret in secrets:
+                if secret and secret in value:
+                    value = value.replace(secret, "[redacted]")
+            setattr(self, name, value if len(value) <= _MAX_TEXT[name] else value[: _MAX_TEXT[name]] + "...")
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

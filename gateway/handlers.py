@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,20 +15,35 @@ import orjson
 from aiohttp import web
 
 from gateway import limits
-from gateway.appkeys import CALLER, HTTP, LIMITER, LIVE, METRICS, RATE_HEADERS, RECORD, RUNTIME
+from gateway.appkeys import (
+    CALLER,
+    HTTP,
+    LIMITER,
+    LIVE,
+    METRICS,
+    RATE_HEADERS,
+    RECORD,
+    REPLY,
+    REQUEST_ID,
+    RUNTIME,
+    STOPPING,
+    USAGE,
+)
 from gateway.balancer import Target
 from gateway.config import Limits
-from gateway.errors import GatewayError, RateLimited, UpstreamError
+from gateway.errors import GatewayError, RateLimited, ServiceUnavailable, UpstreamError
 from gateway.metrics import CONTENT_TYPE, check_access
-from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest
-from gateway.routing import find_visible, resolve, visible_models
+from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest, text_chars
+from gateway.routing import resolve, visible_models
 from gateway.sse import Event, EventWriter, SSEDecoder, SSEError
-from gateway.upstream import open_upstream
+from gateway.upstream import open_upstream, read_capped
 from gateway.usage import CLIENT_CLOSED, UsageRecord
-from gateway.validation import check_chat, check_embeddings, include_usage, model_of, parse_body
+from gateway.validation import check_chat, check_embeddings, include_usage, model_of, read_json
 
 log = logging.getLogger(__name__)
 
+_CODE = re.compile(r"^[a-z0-9_.]{1,64}$")
+_LAST_WORD = 0.5  # seconds a stream cut by shutdown may take to send its final event
 DEPLOYMENT_HEADER = "x-gateway-deployment"  # which provider/upstream served the answer
 
 
@@ -35,12 +52,21 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 `ok`; 503 `degraded` with the reason while usage rows cannot be written
+    (they wait in memory and in the spill file meanwhile: nothing is lost)."""
+    reason = request.app[USAGE].degraded()
+    if reason is not None:
+        return json_response({"status": "degraded", "reason": reason}, status=503)
     return json_response({"status": "ok"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     check_access(request, request.app[LIVE].current.config.metrics_key_sha256)
-    return web.Response(body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE})
+    metrics = request.app[METRICS]
+    metrics.set_usage_log(request.app[USAGE].stats())
+    # rendered in a thread: a scrape must never stall the requests on the event loop
+    body = await asyncio.to_thread(metrics.exposition)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -49,7 +75,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    model = find_visible(request[RUNTIME].config, request[CALLER], request.match_info["model"])
+    model = resolve(request[RUNTIME].config, request[CALLER], request.match_info["model"])
     return json_response(_model_object(model))
 
 
@@ -61,7 +87,7 @@ def _model_object(model: Any) -> dict[str, Any]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = parse_body(await request.read())
+    body = await read_json(request)
     record = request[RECORD]
     record.model = model_of(body)
     check_chat(body)
@@ -70,13 +96,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     wants_usage = stream and include_usage(body)
 
     async def attempt(target: Target) -> web.StreamResponse:
-        reply = Reply(model=record.model or "", created=created, include_usage=wants_usage)
+        reply = request[REPLY] = Reply(model=record.model or "", created=created, include_usage=wants_usage)
         upstream = target.adapter.chat_request(body, target.route, stream)
         if stream:
             return await _stream_chat(request, target, upstream, target.adapter.stream_translator(target.route, reply))
         data = await _call(request, target, upstream)
         completion = target.adapter.chat_response(data, target.route, reply)
         record.add_usage(completion.get("usage"))
+        if not record.total_tokens:  # no usage reported: the answer's text is what we can count
+            choices = completion.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                message = choice.get("message") if isinstance(choice, dict) else None
+                reply.relayed_chars += text_chars(message) if isinstance(message, dict) else 0
         return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
 
     return await _with_fallback(request, attempt, lambda: limits.estimate_chat_tokens(body))
@@ -87,7 +118,7 @@ async def _call(request: web.Request, target: Target, upstream: UpstreamRequest)
     started = time.monotonic()
     async with open_upstream(request.app[HTTP], target.adapter, upstream, stream=False) as (resp, _):
         request[RECORD].ttfb_ms = _ms_since(started)
-        return await resp.read()
+        return await read_capped(resp, target.adapter.provider, request[RUNTIME].config.max_upstream_body_bytes)
 
 
 async def _stream_chat(
@@ -122,13 +153,23 @@ async def _stream_chat(
             record.status = 200
     except GatewayError as exc:
         if not out.prepared:
-            raise
+            raise  # _with_fallback logs it and may retry elsewhere
+        exc.redact(target.route.provider.api_keys)
+        _log_upstream_failure(request, target, exc.status, exc.code or exc.type)
         await _send_error(out, record, exc)
     except SSEError as exc:  # only raised once the stream is under way
+        _log_upstream_failure(request, target, 502, "upstream_stream_undecodable")
         await _send_error(out, record, UpstreamError(f"The upstream stream could not be decoded: {exc}."))
     except ConnectionResetError:  # the client went away; leaving the block closed the upstream
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
         return out.response
+    except asyncio.CancelledError:
+        # a graceful stop ran out of time: the client is told, with a last event, before the cut
+        if out.prepared and request.app[STOPPING].is_set():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_LAST_WORD):
+                    await _send_error(out, record, _shutting_down())
+        raise
     except Exception:  # a bug of ours: once streaming, a 500 page would corrupt the HTTP stream
         if not out.prepared:
             raise
@@ -163,6 +204,12 @@ async def _forward(out: EventWriter, events: list[Event], translator: StreamTran
         raise failure
 
 
+def _shutting_down() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The gateway is shutting down and cut this answer short; retry the request.", code="server_shutting_down"
+    )
+
+
 async def _send_error(out: EventWriter, record: UsageRecord, exc: GatewayError) -> None:
     record.status, record.error_code = exc.status, exc.code or exc.type
     try:
@@ -175,7 +222,7 @@ async def _send_error(out: EventWriter, record: UsageRecord, exc: GatewayError) 
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    body = parse_body(await request.read())
+    body = await read_json(request)
     record = request[RECORD]
     record.model = model_of(body)
     check_embeddings(body)
@@ -208,6 +255,7 @@ async def _with_fallback(
     plan = runtime.balancer.plan(model.id)
     routing = runtime.config.routing
     tried: list[str] = []
+    called = False  # an upstream received the prompt: from then on, it may bill us
     try:
         for i in range(routing.attempts):
             target = plan[i % len(plan)]
@@ -219,11 +267,19 @@ async def _with_fallback(
                         code="not_implemented",
                     )  # fmt: skip
                 if not target.route.provider.api_key:
+                    log.warning(
+                        "provider %s has no API key: set the environment variable %s and reload",
+                        target.route.provider.name, target.route.provider.api_key_env or "named in its api_key",
+                    )  # fmt: skip
                     raise target.adapter.missing_key_error()
                 async with runtime.balancer.slot(target):
+                    called = True
                     response = await attempt(target)
             except GatewayError as exc:
+                exc.redact(target.route.provider.api_keys)  # an upstream may echo its key in any field
                 tried.append(f"{target.label}={exc.status}")
+                if exc.status >= 500 or exc.status == 429:
+                    _log_upstream_failure(request, target, exc.status, exc.code or exc.type)
                 nxt = plan[(i + 1) % len(plan)]
                 unconfigured = exc.code == "provider_not_configured"  # try another deployment, if any
                 if exc.retryable:
@@ -242,10 +298,46 @@ async def _with_fallback(
                 runtime.balancer.succeeded(target)
             return response
         raise AssertionError("routing.attempts is at least 1")
+    except asyncio.CancelledError:
+        if not record.status:
+            record.status, record.error_code = CLIENT_CLOSED, "client_closed"
+        raise
     finally:
         record.attempts = " ".join(tried) or None
-        if admission is not None:  # the real usage replaces the estimate; the slot frees
+        if called:
+            _charge_unreported_usage(request, record, estimate)
+        if admission is not None:  # the real usage (or its estimate) replaces the admission's
             await request.app[LIMITER].release(admission, record.total_tokens)
+
+
+def _charge_unreported_usage(request: web.Request, record: UsageRecord, estimate: Callable[[], int]) -> None:
+    """When the upstream worked but its usage never reached us (the client hung up
+    before the usage chunk, the stream was cut, the upstream reports none), charge an
+    estimate: the prompt's, plus the answer text relayed so far, by the same
+    characters / 4 rule.  Never 0 and never a refund, or hanging up would be free.
+    An upstream that refused the request before answering (ttfb unset) is not charged."""
+    answered = record.ttfb_ms is not None
+    if record.completion_tokens or not (answered or record.status == CLIENT_CLOSED):
+        return
+    reply = request.get(REPLY)
+    completion = limits.estimate_text_tokens(reply.relayed_chars if reply is not None else 0)
+    if record.total_tokens and not completion:
+        return  # the real usage came (an empty answer), nothing was relayed
+    prompt = record.prompt_tokens or estimate()
+    record.prompt_tokens, record.completion_tokens = prompt, completion
+    record.total_tokens = prompt + completion
+    record.tokens_estimated = True
+
+
+def _log_upstream_failure(request: web.Request, target: Target, status: int, cause: str | None) -> None:
+    """One WARNING per failed upstream attempt: who, where, what; never a key or prompt
+    (the cause is an error code, never the upstream's message, which may quote the
+    prompt; an upstream's own code is logged only when it looks like one)."""
+    log.warning(
+        "upstream failure: request_id=%s provider=%s deployment=%s status=%d cause=%s",
+        request.get(REQUEST_ID), target.route.provider.name, target.label, status,
+        cause if cause and _CODE.match(cause) else "-",
+    )  # fmt: skip
 
 
 # -- tier limits -------------------------------------------------------------------------

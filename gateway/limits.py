@@ -275,6 +275,11 @@ def _chars(value: Any) -> int:
     return 0
 
 
+def estimate_text_tokens(chars: int) -> int:
+    """The rule every estimate uses: ceil(characters / 4)."""
+    return math.ceil(chars / 4)
+
+
 def estimate_chat_tokens(body: Mapping[str, Any]) -> int:
     """ceil(characters / 4) over the messages' text (roles, names, contents, tool
     calls) and the tool definitions; images, audio and files are not counted."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 from ipaddress import ip_address
 
 from aiohttp import web
@@ -28,6 +28,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _LIMIT_CODES = frozenset({"rate_limit_exceeded", "insufficient_quota", "context_too_large"})
 
 Labels = tuple[str, ...]
+OTHER_MODEL = "(other)"  # every model name that is not configured: one label, whatever clients send
 
 
 class _Histogram:
@@ -67,11 +68,15 @@ class Metrics:
         self.upstream_errors: defaultdict[Labels, int] = defaultdict(int)  # provider, status
         self.retries: defaultdict[str, int] = defaultdict(int)  # by model
         self.inflight_streams = _Gauge()
+        self.usage_log: Mapping[str, int] = {}  # the usage store's counters, taken at each scrape
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
-    def observe(self, record: UsageRecord) -> None:
-        model = record.model or "-"
+    def observe(self, record: UsageRecord, known_models: Container[str]) -> None:
+        """Count one finished call.  Every label comes from the configuration (models,
+        providers, tiers) or from a small fixed set (statuses, reasons): a client
+        choosing its `model` string must not be able to grow the label sets."""
+        model = record.model if record.model in known_models else OTHER_MODEL
         self.requests[(model, record.provider or "-", str(record.status))] += 1
         if record.latency_ms is not None:
             self.latency[model].observe(record.latency_ms / 1000)
@@ -94,7 +99,12 @@ class Metrics:
             if status.isdigit() and int(status) >= 400:
                 self.upstream_errors[(label.split("/", 1)[0], status)] += 1
 
+    def set_usage_log(self, stats: Mapping[str, int]) -> None:
+        self.usage_log = dict(stats)
+
     def exposition(self) -> bytes:
+        """The text exposition; thread-safe enough to run off the event loop (each
+        family copies its dict in one C call; a count read mid-update is off by one)."""
         return generate_latest(self.registry)
 
 
@@ -133,6 +143,7 @@ class _Collector(Collector):
         gauge = GaugeMetricFamily("gateway_inflight_streams", "Streams being written now")
         gauge.add_metric([], m.inflight_streams.value)
         yield gauge
+        yield from _usage_log_families(m.usage_log)
 
 
 def _counter(name: str, doc: str, labels: Labels, values: dict[Labels, int]) -> Metric:
@@ -147,6 +158,27 @@ def _histogram(name: str, doc: str, values: dict[str, _Histogram]) -> Metric:
     for model, hist in list(values.items()):
         family.add_metric([model], hist.cumulative(), hist.total)
     return family
+
+
+_USAGE_LOG_GAUGES = {
+    "queue_depth": ("gateway_usage_log_queue_depth", "Usage rows waiting in memory to be written"),
+    "spilled_pending": ("gateway_usage_log_spilled_rows", "Usage rows in spill files, waiting to be replayed"),
+}
+_USAGE_LOG_COUNTERS = {
+    "rows_written_total": ("gateway_usage_log_rows_written", "Usage rows written to the database"),
+    "write_failures_total": ("gateway_usage_log_write_failures", "Failed writes to the usage database"),
+    "rows_dropped_total": ("gateway_usage_log_rows_dropped", "Usage rows lost: neither the database nor the spill "
+                           "file could take them"),
+}  # fmt: skip
+
+
+def _usage_log_families(stats: Mapping[str, int]) -> Iterator[Metric]:
+    for key, (name, doc) in _USAGE_LOG_GAUGES.items():
+        if key in stats:
+            yield GaugeMetricFamily(name, doc, value=stats[key])
+    for key, (name, doc) in _USAGE_LOG_COUNTERS.items():
+        if key in stats:
+            yield CounterMetricFamily(name, doc, value=stats[key])
 
 
 def check_access(request: web.Request, key_sha256: str | None) -> None:

@@ -24,8 +24,10 @@ def visible_models(config: Config, tier: Tier) -> list[Model]:
 
 
 def resolve(config: Config, caller: Caller, model_id: str) -> Model:
-    """The model `model_id` names, or 404 (unknown) / 403 (outside the caller's tier).
-    Where it is served is the balancer's choice (`Balancer.plan`)."""
+    """The model `model_id` names, or 404 (not configured) / 403 (configured, outside the
+    caller's tier: the message names the tier, so the client knows an upgrade would
+    help).  Every call and `GET /v1/models/{id}` ask this one function, so they answer
+    alike.  Where the model is served is the balancer's choice (`Balancer.plan`)."""
     model = config.models.get(model_id)
     if model is None:
         raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
@@ -34,12 +36,4 @@ def resolve(config: Config, caller: Caller, model_id: str) -> Model:
             f"The model `{model_id}` is not included in your tier '{caller.tier.name}'; upgrade your plan to use it.",
             param="model",
         )
-    return model
-
-
-def find_visible(config: Config, caller: Caller, model_id: str) -> Model:
-    """`GET /v1/models/{id}`: a model outside the tier is as absent as an unknown one."""
-    model = config.models.get(model_id)
-    if model is None or not allows(caller.tier, model):
-        raise NotFound(f"The model `{model_id}` does not exist or you do not have access to it.", param="model")
     return model

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import aiohttp
 
-from gateway.config import Timeouts
+from gateway.config import Provider, Timeouts
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.providers.base import Adapter, UpstreamRequest
 
@@ -74,7 +74,7 @@ async def open_upstream(
         try:
             if resp.status >= 300:
                 body = await resp.content.read(_MAX_ERROR_BODY)
-                log.info("upstream %s answered HTTP %d", provider.name, resp.status)
+                log.debug("upstream %s answered HTTP %d", provider.name, resp.status)  # the caller logs it
                 raise adapter.error(resp.status, body, resp.headers)
             yield Opened(resp, first)
         except BaseException:
@@ -95,5 +95,23 @@ async def open_upstream(
             f"The {provider.name} provider closed the connection mid-answer.", code="upstream_stream_truncated"
         ) from None
     except aiohttp.ClientError as exc:
-        log.info("upstream %s failed: %s", provider.name, type(exc).__name__)
+        log.debug("upstream %s failed: %s", provider.name, type(exc).__name__)
         raise UpstreamError(f"The connection to the {provider.name} provider failed.", retryable=not answered) from None
+
+
+async def read_capped(resp: aiohttp.ClientResponse, provider: Provider, limit: int) -> bytes:
+    """A whole (decoded) answer body, refused past `limit` bytes: a small gzip body can
+    inflate to gigabytes.  aiohttp inflates in bounded steps, so memory stays near
+    `limit` whatever the ratio."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in resp.content.iter_any():
+        size += len(part)
+        if size > limit:
+            raise UpstreamError(
+                f"The {provider.name} provider's answer is larger than this gateway accepts "
+                f"({limit} bytes decoded, server.max_upstream_body_bytes).",
+                code="upstream_body_too_large",
+            )
+        parts.append(part)
+    return b"".join(parts)

@@ -29,12 +29,12 @@ async def test_models_list_validates_against_the_spec(gateway: Gateway, http: An
         validate("ListModelsResponse", await resp.json())
 
 
-async def test_retrieve_model_and_tier_404(gateway: Gateway) -> None:
+async def test_retrieve_model_and_tier_403(gateway: Gateway) -> None:
     model = await gateway.client(PRO_KEY).models.retrieve("oai-large")
     assert model.id == "oai-large"
-    with pytest.raises(openai.NotFoundError) as exc:
+    with pytest.raises(openai.PermissionDeniedError) as exc:  # as a call to it answers (routing.resolve)
         await gateway.client(FREE_KEY).models.retrieve("oai-large")
-    assert exc.value.code == "model_not_found"
+    assert exc.value.code == "model_not_allowed"
 
 
 async def test_model_ids_may_contain_slashes(start_gateway: Any, openai_upstream: Any, tmp_path: Any) -> None:
@@ -362,7 +362,7 @@ async def test_upstream_timeout_is_504(start_gateway: Any, openai_upstream: Any,
     assert exc.value.status_code == 504
 
 
-async def test_provider_without_key_is_503_naming_the_variable(
+async def test_provider_without_key_is_503_naming_no_variable(
     start_gateway: Any, openai_upstream: Any, tmp_path: Any
 ) -> None:
     from conftest import ENV, base_config
@@ -372,7 +372,8 @@ async def test_provider_without_key_is_503_naming_the_variable(
     assert [m.id for m in (await gw.client().models.list()).data] == ["oai-small", "oai-large"]
     with pytest.raises(openai.InternalServerError) as exc:
         await gw.client().chat.completions.create(model="oai-small", messages=MESSAGES)
-    assert exc.value.status_code == 503 and "UPSTREAM_KEY" in exc.value.message
+    assert exc.value.status_code == 503 and exc.value.code == "provider_not_configured"
+    assert "UPSTREAM_KEY" not in exc.value.message  # the operator's variable goes to the log only
 
 
 async def test_embeddings_pass_through(gateway: Gateway, upstream: FakeUpstream) -> None:

@@ -54,6 +54,8 @@ class Reply:
     id: str = field(default_factory=lambda: "chatcmpl-" + hex_id(96))
     created: int = 0
     include_usage: bool = False
+    # characters of answer text sent so far: the completion estimate when no usage comes
+    relayed_chars: int = 0
 
     def chunk(self, choices: list[Json], usage: Json | None = None) -> Json:
         out: Json = {
@@ -68,6 +70,7 @@ class Reply:
         return out
 
     def delta(self, delta: Json, finish_reason: str | None = None, index: int = 0) -> Json:
+        self.relayed_chars += text_chars(delta)
         return self.chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
 
     def completion(self, choices: list[Json], usage: Json | None) -> Json:
@@ -81,6 +84,23 @@ class Reply:
         if usage is not None:
             out["usage"] = usage
         return out
+
+
+def text_chars(message: Json) -> int:
+    """Characters of model output in a message or delta: text, reasoning, refusal, tool
+    calls' names and arguments (what `limits.estimate_text_tokens` turns into tokens)."""
+    n = 0
+    for key in ("content", "reasoning_content", "refusal"):
+        value = message.get(key)
+        if type(value) is str:
+            n += len(value)
+    calls = message.get("tool_calls")
+    if type(calls) is list:
+        for call in calls:
+            fn = call.get("function") if type(call) is dict else None
+            if type(fn) is dict:
+                n += sum(len(v) for k in ("name", "arguments") if type(v := fn.get(k)) is str)
+    return n
 
 
 def usage_dict(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0, total: int | None = None) -> Json:
@@ -220,15 +240,17 @@ class Adapter:
         return UpstreamError(f"The {name} provider failed (HTTP {status}): {message}", retryable=status >= 500)
 
     def scrub(self, text: str) -> str:
-        key = self.provider.api_key
-        if key and key in text:
-            text = text.replace(key, "[redacted]")
+        for key in (self.provider.api_key, *self.provider.api_keys):
+            if key and key in text:
+                text = text.replace(key, "[redacted]")
         return text
 
     def missing_key_error(self) -> ServiceUnavailable:
-        env = self.provider.api_key_env or "the api_key variable"
+        """No upstream key: permanent until the operator acts, so the SDKs must not retry
+        it; the variable to set is the operator's business and goes to the log only."""
         return ServiceUnavailable(
-            f"Provider '{self.provider.name}' has no API key: set the environment variable {env} "
-            f"and restart the gateway.",
+            f"Provider '{self.provider.name}' is not configured on this gateway (it has no API key); "
+            "contact the gateway's operator.",
             code="provider_not_configured",
+            headers={"x-should-retry": "false"},
         )

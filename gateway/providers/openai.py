@@ -15,7 +15,17 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.providers.base import Adapter, Chunk, Json, Reply, Route, StreamTranslator, UpstreamRequest, truncated
+from gateway.providers.base import (
+    Adapter,
+    Chunk,
+    Json,
+    Reply,
+    Route,
+    StreamTranslator,
+    UpstreamRequest,
+    text_chars,
+    truncated,
+)
 from gateway.sse import DONE, Event
 
 
@@ -126,6 +136,8 @@ class _OpenAIStream(StreamTranslator):
                 choice.setdefault("finish_reason", None)
             if choice["finish_reason"] is not None:
                 self.finished = True
+            if type(delta := choice["delta"]) is dict:
+                reply.relayed_chars += text_chars(delta)
         if as_is:
             passed = self._as_is(event.data, chunk)
             if passed is not None:
