@@ -189,9 +189,13 @@ def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
 
     db = sqlite3.connect(f"file:{config.database}?mode=ro", uri=True)
     try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+        # tokens the gateway estimated (the upstream's usage never came: hang-up, cut stream)
+        estimated = "tokens_estimated * total_tokens" if "tokens_estimated" in columns else "0"
         rows = db.execute(
-            """SELECT coalesce(key_name, '(unauthenticated)'), coalesce(model, '-'), count(*),
-                      sum(status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens)
+            f"""SELECT coalesce(key_name, '(unauthenticated)'), coalesce(model, '-'), count(*),
+                      sum(status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
+                      sum({estimated})
                FROM usage WHERE ts >= ? GROUP BY 1, 2 ORDER BY 1, 2""",
             (start,),
         ).fetchall()
@@ -209,7 +213,7 @@ def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
         )
     finally:
         db.close()
-    _table(("key", "model", "requests", "errors", "prompt", "completion", "total"), rows, 2)
+    _table(("key", "model", "requests", "errors", "prompt", "completion", "total", "estimated"), rows, 2)
     if not rows:
         print("(no requests in this period)")
     if by_tier and tiers:
