@@ -1,8 +1,21 @@
-"""The usage log: one SQLite row per API request, written off the request path.
+"""The usage log: one row per API request, written off the request path, never lost.
 
-Handlers `record()` a finished `UsageRecord` (no await, no I/O); a single writer
-task drains the queue in batches into SQLite (WAL mode) through aiosqlite.
-`close()` flushes everything still queued, so a graceful stop loses no row.
+Handlers `record()` a finished `UsageRecord` (no await, no I/O: an append to a deque).
+One writer task drains the rows in batches (lingering up to 0.2 s so rows share a
+transaction) into a `UsageSink`: SQLite today (`gateway.usage_sqlite`), any store
+with the same three coroutines later.
+
+When a write fails (a full disk, another process holding the database's lock), the
+batch is kept and retried with backoff (0.1 s doubling to 5 s); the store reports
+`degraded()` until a write succeeds.  Rows wait in memory up to `max_queued`
+(100,000); past that, and on `flush()` or `close()` while the database is failing,
+they go to the spill file beside the database (`gateway.spill`: fsync'd JSON lines).
+Spilled rows are replayed into the database as soon as a write succeeds again, and
+by `open()` before it returns, so the monthly quota seeded from the log counts them.
+Rows are dropped only when the spill file cannot be written either (or holds a line
+that is not a row); every drop is counted and logged.
+
+`stats()` and `degraded()` are the read-only view for `/metrics` and `/healthz`.
 """
 
 from __future__ import annotations
@@ -10,191 +23,296 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
-import sqlite3
-import time
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Final
+from collections import deque
+from collections.abc import Sequence
+from typing import Final, Protocol
 
-import aiosqlite
+from gateway.spill import Spill, SpillFile
+from gateway.usage_record import CLIENT_CLOSED, ROW, Row, UsageLogError, UsageRecord, now
+from gateway.usage_sqlite import SqliteSink, open_db
+
+__all__ = ["CLIENT_CLOSED", "UsageLogError", "UsageRecord", "UsageSink", "UsageStore", "now", "open_db"]
 
 log = logging.getLogger(__name__)
 
 _BATCH: Final = 500
 _LINGER: Final = 0.2  # seconds a row may wait for others before it is written
-CLIENT_CLOSED: Final = 499  # nginx's status for "client closed request"
-
-_MIGRATIONS: Final = (
-    """
-    CREATE TABLE usage (
-        id INTEGER PRIMARY KEY,
-        ts REAL NOT NULL,
-        request_id TEXT,
-        endpoint TEXT,
-        key_name TEXT,
-        tier TEXT,
-        model TEXT,
-        provider TEXT,
-        upstream_model TEXT,
-        stream INTEGER NOT NULL DEFAULT 0,
-        status INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        total_tokens INTEGER NOT NULL DEFAULT 0,
-        latency_ms REAL,
-        ttfb_ms REAL,
-        error_code TEXT
-    );
-    CREATE INDEX usage_ts ON usage (ts);
-    CREATE INDEX usage_key_ts ON usage (key_name, ts);
-    """,
-    "ALTER TABLE usage ADD COLUMN attempts TEXT;",  # v2: every upstream attempt, "label=status ..."
-    # v3: 1 when the token counts are the gateway's estimate (the real usage never came:
-    # client hang-up, upstream cut)
-    "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER NOT NULL DEFAULT 0;",
-)
+_MAX_QUEUED: Final = 100_000  # rows held in memory while the database fails, then spilled
+_RETRY_FIRST: Final = 0.1
+_RETRY_MAX: Final = 5.0
+_REPLAY_ROWS: Final = 5000  # spilled rows per replay transaction
+_CLOSE_BUDGET: Final = 2.0  # seconds close() gives the writer before it spills what is left itself
 
 
-@dataclass(slots=True)
-class UsageRecord:
-    ts: float
-    request_id: str | None = None
-    endpoint: str | None = None
-    key_name: str | None = None
-    tier: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    upstream_model: str | None = None
-    stream: bool = False
-    status: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    latency_ms: float | None = None
-    ttfb_ms: float | None = None
-    error_code: str | None = None
-    attempts: str | None = None
-    tokens_estimated: bool = False  # the token counts are our estimate, not the upstream's report
+class UsageSink(Protocol):
+    """Where batches of rows go.  `target` names it in log lines (never a credential)."""
 
-    def add_usage(self, usage: Any) -> None:
-        """Take token counts from an OpenAI-shaped usage object, tolerating junk."""
-        if not isinstance(usage, dict):
-            return
-        self.prompt_tokens = _int(usage.get("prompt_tokens"))
-        self.completion_tokens = _int(usage.get("completion_tokens"))
-        self.total_tokens = _int(usage.get("total_tokens")) or self.prompt_tokens + self.completion_tokens
+    target: str
+    spill_base: str | None  # the path spill files sit beside; None: no spill
 
+    async def write(self, rows: Sequence[Row], mark: tuple[str, int] | None = None) -> None:
+        """Insert `rows` in one transaction, all or nothing; with `mark` = (spill id,
+        byte offset), record in the same transaction how far that spill is replayed."""
+        ...
 
-_COLUMNS: Final = tuple(f.name for f in fields(UsageRecord))
-# a C-level getter: dataclasses.astuple deep-copies and cost 4 % of a request (scripts/bench)
-_ROW: Final = operator.attrgetter(*_COLUMNS)
-_INSERT: Final = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    async def replayed(self, spill_id: str) -> int:
+        """The byte offset recorded for `spill_id` (0: none)."""
+        ...
 
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-async def open_db(path: str) -> aiosqlite.Connection:
-    """Open (creating if needed) the usage database, migrated to the current schema."""
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA busy_timeout=5000")  # several workers may share the file
-    await _switch_to_wal(db)
-    await db.execute("PRAGMA synchronous=NORMAL")
-    # BEGIN IMMEDIATE takes the write lock before the version is read: workers starting
-    # together migrate once, the others wait (busy_timeout) and find it done
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):  # no ';' inside our statements
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {number}")
-        await db.commit()
-    except BaseException:
-        await db.rollback()
-        await db.close()
-        raise
-    return db
-
-
-async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
-    """WAL lets workers write while others read.  Switching a new file to it needs an
-    exclusive lock, for which SQLite does not wait: workers starting together retry."""
-    for attempt in range(tries):
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt + 1 == tries:
-                raise
-            await asyncio.sleep(0.1)
+    async def close(self) -> None: ...
 
 
 class UsageStore:
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._queue: asyncio.Queue[UsageRecord | None] = asyncio.Queue()
+    def __init__(self, sink: UsageSink, *, max_queued: int = _MAX_QUEUED) -> None:
+        self._sink = sink
+        self._spill = Spill(sink.spill_base)
+        self._max_queued = max(max_queued, _BATCH)
+        self._rows: deque[UsageRecord] = deque()
+        self._batch: list[Row] = []  # taken from _rows; kept until written or spilled
         self._writer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()  # cuts the writer's linger short (flush, close, a full batch)
-        self.written = 0
+        self._wake = asyncio.Event()  # rows arrived, a batch filled, flush or close
+        self._progress = asyncio.Event()  # rows left memory (written, spilled or dropped)
+        self._closing = False
+        self._flushing = 0  # flush() calls waiting
+        self._failing: str | None = None  # why writes fail, while they do
+        self._retry_in = _RETRY_FIRST
+        self._done = 0  # rows that left memory, for flush()
+        self._written = self._failures = self._dropped = self._spilled = self._replayed = 0
 
     @classmethod
-    async def open(cls, path: str) -> UsageStore:
-        store = cls(await open_db(path))
+    async def open(cls, path: str, *, max_queued: int = _MAX_QUEUED) -> UsageStore:
+        """Open the SQLite log at `path` (UsageLogError if it cannot be), replay any spill
+        files left beside it, and start the writer."""
+        return await cls.start(await SqliteSink.open(path), max_queued=max_queued)
+
+    @classmethod
+    async def start(cls, sink: UsageSink, *, max_queued: int = _MAX_QUEUED) -> UsageStore:
+        store = cls(sink, max_queued=max_queued)
+        try:
+            await store._replay(adopt=True)
+        except Exception as exc:  # the database is there but will not take them yet
+            store._failed(exc)
         store._writer = asyncio.create_task(store._run(), name="usage-writer")
         return store
 
+    @property
+    def _db(self) -> object:
+        """The SQLite connection (tests/conftest.py reads the rows through it)."""
+        return getattr(self._sink, "db", None)
+
     def record(self, row: UsageRecord) -> None:
-        self._queue.put_nowait(row)
-        if self._queue.qsize() >= _BATCH:
+        rows = self._rows
+        rows.append(row)
+        n = len(rows)
+        # wake the writer when it idles (first row), may stop lingering (a full batch),
+        # or must spill (memory bound): each crossing once
+        if n == 1 or n == _BATCH or n == self._max_queued:
             self._wake.set()
 
-    async def close(self) -> None:
-        """Flush every queued row, then close the database."""
-        if self._writer is not None:
-            self._queue.put_nowait(None)
-            self._wake.set()
-            await self._writer
-            self._writer = None
-        await self._db.close()
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges for /metrics, under stable names."""
+        return {
+            "queue_depth": len(self._rows) + len(self._batch),
+            "spilled_pending": self._spill.pending,
+            "write_failures_total": self._failures,
+            "rows_dropped_total": self._dropped,
+            "rows_written_total": self._written,
+            "rows_spilled_total": self._spilled,
+            "rows_replayed_total": self._replayed,
+        }
+
+    def degraded(self) -> str | None:
+        """Why rows cannot be written now, or None when they can."""
+        return self._failing
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is on disk (tests, shutdown)."""
+        """Wait until every row recorded so far is in the database, or in the spill file
+        while the database fails."""
+        if self._writer is None or self._writer.done():
+            return
+        target = self._done + len(self._batch) + len(self._rows)
+        self._flushing += 1
         self._wake.set()
-        await self._queue.join()
+        try:
+            while self._done < target and not self._writer.done():
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._flushing -= 1
+
+    async def close(self) -> None:
+        """Write every queued row (to the spill file if the database fails), then close."""
+        writer, self._writer = self._writer, None
+        self._closing = True
+        self._wake.set()
+        if writer is not None:
+            try:
+                async with asyncio.timeout(_CLOSE_BUDGET):
+                    await asyncio.shield(writer)
+            except TimeoutError:  # a write stuck in the database: keep the rows on disk instead
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                log.error("usage log: %s did not answer within %.0f s at shutdown", self._sink.target, _CLOSE_BUDGET)
+                await self._spill_memory()
+        self._spill.release()
+        try:
+            async with asyncio.timeout(_CLOSE_BUDGET):
+                await self._sink.close()
+        except Exception as exc:
+            log.error("usage log: closing %s: %s", self._sink.target, exc)
+
+    # -- the writer ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch = [await self._queue.get()]
-            # linger so rows arriving meanwhile share one transaction: a write per request
-            # meant two thread hand-offs and loop wake-ups per request (scripts/bench)
-            if batch[0] is not None and not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_LINGER):
-                        await self._wake.wait()
-            self._wake.clear()
-            while len(batch) < _BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            rows = [_ROW(r) for r in batch if r is not None]
-            stop = len(rows) != len(batch)
+        while not (self._closing and not self._rows and not self._batch):
             try:
-                if rows:
-                    await self._db.executemany(_INSERT, rows)
-                    await self._db.commit()
-                    self.written += len(rows)
-            except Exception:  # a full disk must not kill the writer; the rows are reported lost
-                log.exception("usage log: could not write %d rows", len(rows))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                await self._step()
+            except Exception:  # a bug here must not stop the usage log
+                log.exception("usage log: writer error")
+                await self._pause(1.0)
 
+    async def _step(self) -> None:
+        if not self._batch:
+            if not self._rows:
+                if self._spill.pending and not self._closing:
+                    await self._probe_spill()
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+                return
+            if self._failing is None:
+                await self._linger()
+            rows = self._rows
+            self._batch = [ROW(rows.popleft()) for _ in range(min(_BATCH, len(rows)))]
+        if self._failing is not None and (self._closing or self._flushing):
+            await self._spill_memory()  # no more waiting on a failing database: bounded stop
+            return
+        try:
+            await self._sink.write(self._batch)
+        except Exception as exc:
+            self._failed(exc)
+            if self._closing or self._flushing or len(self._rows) + len(self._batch) >= self._max_queued:
+                await self._spill_memory()
+            else:
+                await self._backoff()
+            return
+        self._left_memory(len(self._batch))
+        self._written += len(self._batch)
+        self._batch = []
+        if self._failing is not None:
+            self._recovered()
+        if self._spill.pending and not self._closing:
+            await self._probe_spill()
 
-def now() -> float:
-    return time.time()
+    async def _linger(self) -> None:
+        # rows arriving meanwhile share one transaction: a write per request meant two
+        # thread hand-offs and loop wake-ups per request (scripts/bench)
+        self._wake.clear()
+        if len(self._rows) < _BATCH and not self._closing and not self._flushing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LINGER):
+                    await self._wake.wait()
+
+    async def _probe_spill(self) -> None:
+        """Replay the spill files; while the database fails, this is the retry."""
+        try:
+            await self._replay(adopt=self._failing is not None)
+        except Exception as exc:
+            self._failed(exc)
+            await self._backoff()
+            return
+        if self._failing is not None:
+            self._recovered()
+
+    async def _backoff(self) -> None:
+        await self._pause(self._retry_in)
+        self._retry_in = min(self._retry_in * 2, _RETRY_MAX)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short only by what cannot wait: close, flush, the memory bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not (self._closing or self._flushing or len(self._rows) >= self._max_queued):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        reason = f"usage log: cannot write to {self._sink.target}: {' '.join(str(exc).split()) or type(exc).__name__}"
+        if self._failing is None:  # one line per outage, not one per retry
+            log.error("%s (rows are kept and retried)", reason)
+        self._failing = reason
+
+    def _recovered(self) -> None:
+        log.warning("usage log: %s takes rows again (%d write failures so far)", self._sink.target, self._failures)
+        self._failing = None
+        self._retry_in = _RETRY_FIRST
+
+    def _left_memory(self, count: int) -> None:
+        self._done += count
+        self._progress.set()
+
+    async def _spill_memory(self) -> None:
+        """Move every row held in memory to the spill file (or count it dropped)."""
+        rows = self._batch + [ROW(r) for r in self._rows]
+        self._batch = []
+        self._rows.clear()
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(self._spill.append, rows)
+        except Exception as exc:
+            keep = 0 if self._closing else self._max_queued  # disk full too: memory is all that is left
+            lost = max(0, len(rows) - keep)
+            self._batch = rows[lost:]
+            self._dropped += lost
+            self._left_memory(lost)
+            log.error(
+                "usage log: cannot spill %d rows beside %s: %s; %d rows dropped",
+                len(rows),
+                self._sink.target,
+                exc,
+                lost,
+            )
+            if not self._closing:
+                await self._backoff()
+            return
+        self._spilled += len(rows)
+        self._left_memory(len(rows))
+        log.warning("usage log: %d rows spilled to %s", len(rows), self._spill.own.path if self._spill.own else "?")
+
+    async def _replay(self, *, adopt: bool) -> None:
+        """Replay every spill file this process holds (adopting others' first: at start,
+        and while recovering) into the sink.  Raises when the sink fails."""
+        if adopt:
+            found = await asyncio.to_thread(self._spill.adopt)
+            if found:
+                log.warning("usage log: replaying %d spilled rows into %s", found, self._sink.target)
+        for spill in self._spill.files():
+            await self._replay_file(spill)
+
+    async def _replay_file(self, spill: SpillFile) -> None:
+        offset = max(await self._sink.replayed(spill.spill_id), spill.replayed)
+        if offset > spill.replayed:  # a replay a crash cut: those rows are in already
+            spill.pending -= await asyncio.to_thread(self._spill.count, spill, spill.replayed, offset)
+            spill.replayed = offset
+        while True:
+            rows, end, bad = await asyncio.to_thread(self._spill.read, spill, offset, _REPLAY_ROWS)
+            if end == offset:
+                break
+            await self._sink.write(rows, (spill.spill_id, end))
+            if bad:
+                self._dropped += bad
+                log.error("usage log: %d unreadable lines in %s skipped", bad, spill.path)
+            spill.pending -= len(rows) + bad
+            spill.replayed = end
+            self._written += len(rows)
+            self._replayed += len(rows)
+            offset = end
+        await asyncio.to_thread(self._spill.done, spill)

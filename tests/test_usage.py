@@ -13,7 +13,8 @@ from fakes import FakeUpstream, fixture_bytes, fixture_json, json_reply, sse_rep
 
 from gateway.cli import main as cli_main
 from gateway.cli import parse_since
-from gateway.usage import _MIGRATIONS, UsageRecord, UsageStore
+from gateway.usage import UsageRecord, UsageStore
+from gateway.usage_sqlite import _MIGRATIONS
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
@@ -71,7 +72,7 @@ async def test_reopening_keeps_schema_and_rows(tmp_path: Path) -> None:
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM usage").fetchone() == (2,)
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
 
 
 def test_parse_since() -> None:
@@ -87,7 +88,7 @@ async def test_usage_command_totals(tmp_path: Path, capsys: pytest.CaptureFixtur
     store = await UsageStore.open(str(db))
     store.record(UsageRecord(ts=100.0, key_name="alice", model="gpt-4o", status=200, prompt_tokens=3, total_tokens=5))
     store.record(UsageRecord(ts=200.0, key_name="alice", model="gpt-4o", status=502, prompt_tokens=2, total_tokens=2))
-    store.record(UsageRecord(ts=300.0, key_name="bob", model="mini", status=200, total_tokens=7))
+    store.record(UsageRecord(ts=300.0, key_name="bob", model="mini", status=499, total_tokens=7, tokens_estimated=True))
     await store.close()
     config = tmp_path / "g.yaml"
     config.write_text(
@@ -96,9 +97,9 @@ async def test_usage_command_totals(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert cli_main(["usage", "--config", str(config)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["key", "model", "requests", "errors", "prompt", "completion", "total"]
-    assert out[1].split() == ["alice", "gpt-4o", "2", "1", "5", "0", "7"]
-    assert out[2].split() == ["bob", "mini", "1", "0", "0", "0", "7"]
+    assert out[0].split() == ["key", "model", "requests", "errors", "prompt", "completion", "total", "estimated"]
+    assert out[1].split() == ["alice", "gpt-4o", "2", "1", "5", "0", "7", "0"]
+    assert out[2].split() == ["bob", "mini", "1", "1", "0", "0", "7", "7"]
     assert cli_main(["usage", "--config", str(config), "--since", "1970-01-01T00:04:00"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["bob"]
 
