@@ -26,7 +26,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key")
-    digest = hash_key(presented)
+    try:
+        digest = hash_key(presented)
+    except UnicodeEncodeError:  # aiohttp keeps a non-UTF-8 header byte as a lone surrogate: no key has one
+        raise AuthenticationFailed("Incorrect API key provided.") from None
     key = config.keys.get(digest)
     # compare_digest keeps the final check constant-time even though the dict lookup is not
     if key is None or not hmac.compare_digest(key.key_sha256, digest):

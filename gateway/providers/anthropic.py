@@ -83,6 +83,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.dialects import fields
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.providers.base import (
     Adapter,
@@ -106,6 +107,7 @@ from gateway.providers.messages import (
     tool_arguments,
 )
 from gateway.sse import Event
+from gateway.validation import check_content
 
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -291,6 +293,7 @@ def _conversation(messages: list[Any]) -> tuple[list[Json], list[Json]]:
     pending: dict[str, int] = {}  # tool calls of the last assistant turn still waiting for a result
     for i, message in enumerate(messages):
         where, role = f"messages[{i}]", message.get("role")
+        check_content(message.get("content"), where)
         if role in SYSTEM_ROLES:
             system.extend(_text_blocks(message.get("content"), where))
             continue
@@ -363,20 +366,21 @@ def _text_blocks(content: Any, where: str) -> list[Json]:
                 param=f"{where}.content[{j}]",
                 code="invalid_value",
             )
-        blocks.extend(_text_block(part))
+        blocks.extend(_text_block(part, f"{where}.content[{j}]"))
     return blocks
 
 
-def _text_block(part: Json) -> list[Json]:
-    text = part.get("text")
-    if not isinstance(text, str) or not text.strip():
+def _text_block(part: Json, where: str) -> list[Json]:
+    text = part.get("text")  # a string: check_content saw to it
+    if not text.strip():
         return []  # the API rejects empty and blank text blocks
-    return [_cached({"type": "text", "text": text}, part)]
+    return [_cached({"type": "text", "text": text}, part, where)]
 
 
-def _cached(block: Json, part: Json) -> Json:
-    if isinstance(part.get("cache_control"), dict):
-        block["cache_control"] = part["cache_control"]
+def _cached(block: Json, part: Json, where: str) -> Json:
+    control = fields.obj(part, "cache_control", f"{where}.cache_control")
+    if control is not None:
+        block["cache_control"] = control
     return block
 
 
@@ -385,11 +389,11 @@ def _user_blocks(content: Any, where: str) -> list[Json]:
     for j, part in enumerate(parts_of(content, where)):
         here, kind = f"{where}.content[{j}]", part.get("type")
         if kind == "text":
-            blocks.extend(_text_block(part))
+            blocks.extend(_text_block(part, here))
         elif kind == "image_url":
-            blocks.append(_cached(_image_block(part, here), part))
+            blocks.append(_cached(_image_block(part, here), part, here))
         elif kind == "file":
-            blocks.append(_cached(_document_block(part, here), part))
+            blocks.append(_cached(_document_block(part, here), part, here))
         else:
             raise InvalidRequest(
                 f"{here}: parts of type {kind!r} are not supported by Anthropic models "
@@ -482,7 +486,7 @@ def _thinking_blocks(message: Json, where: str) -> list[Json]:
     if not isinstance(signature, str):
         raise InvalidRequest(f"{param} must be a string.", param=param, code="invalid_type")
     if not signature.startswith(BLOCKS_PREFIX):
-        reasoning = message.get("reasoning_content")
+        reasoning = fields.string(message, "reasoning_content", f"{where}.reasoning_content")
         return [{"type": "thinking", "thinking": reasoning or "", "signature": signature}]
     try:
         blocks = orjson.loads(base64.urlsafe_b64decode(signature[len(BLOCKS_PREFIX) :]))
@@ -516,15 +520,8 @@ def _strip_thinking(turns: list[Json]) -> None:
 
 def _effort(body: Json) -> str | None:
     """The thinking effort asked for, or None for no thinking."""
-    effort = body.get("reasoning_effort")
-    if effort is None or effort in NO_THINKING:
-        return None
-    if effort not in THINKING_BUDGETS:
-        allowed = ", ".join([*sorted(NO_THINKING), *THINKING_BUDGETS])
-        raise InvalidRequest(
-            f"'reasoning_effort' must be one of {allowed}.", param="reasoning_effort", code="invalid_value"
-        )
-    return effort
+    effort = fields.choice(body, "reasoning_effort", "reasoning_effort", (*sorted(NO_THINKING), *THINKING_BUDGETS))
+    return None if effort is None or effort in NO_THINKING else effort
 
 
 def _max_tokens(body: Json, route: Route, effort: str | None) -> int:
@@ -611,16 +608,18 @@ def _tools(raw: Any) -> list[Json]:
                 param=f"{where}.function.name",
                 code="invalid_value",
             )
-        schema = function.get("parameters")
-        if schema is None:
-            schema = {}
-        if not isinstance(schema, dict):
+        schema = fields.obj(function, "parameters", f"{where}.function.parameters") or {}
+        if schema.get("type") not in (None, "object"):  # Anthropic takes object schemas only
             raise InvalidRequest(
-                f"{where}.function.parameters must be an object.", param=f"{where}.function.parameters"
+                f"{where}.function.parameters.type must be 'object' for Anthropic models.",
+                param=f"{where}.function.parameters.type",
+                code="invalid_value",
             )
-        entry: Json = {"name": name, "input_schema": {"type": "object", "properties": {}} | schema}
-        if isinstance(function.get("description"), str) and function["description"]:
-            entry["description"] = function["description"]
+        # the last `type` also replaces a null one, which the API refuses
+        entry: Json = {"name": name, "input_schema": {"type": "object", "properties": {}} | schema | {"type": "object"}}
+        description = fields.string(function, "description", f"{where}.function.description")
+        if description:
+            entry["description"] = description
         tools.append(entry)
     return tools
 
@@ -634,7 +633,8 @@ def _tool_choice(body: Json, tools: list[Json], thinking: bool) -> Json | None:
     elif choice == "required":
         mapped = {"type": "any"}
     elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
-        mapped = {"type": "tool", "name": choice["function"].get("name")}
+        name = fields.required_string(choice["function"], "name", "tool_choice.function.name")
+        mapped = {"type": "tool", "name": name}
         if mapped["name"] not in {t["name"] for t in tools}:
             raise InvalidRequest(
                 f"'tool_choice' names the function {mapped['name']!r}, which is not in 'tools'.",
@@ -659,7 +659,11 @@ def _tool_choice(body: Json, tools: list[Json], thinking: bool) -> Json | None:
                 param="tool_choice",
                 code="unsupported_value",
             )
-    if body.get("parallel_tool_calls") is False and tools and (mapped is None or mapped["type"] != "none"):
+    if (
+        fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls") is False
+        and tools
+        and (mapped is None or mapped["type"] != "none")
+    ):
         mapped = {**(mapped or {"type": "auto"}), "disable_parallel_tool_use": True}
     return mapped
 

@@ -55,11 +55,13 @@ import secrets
 import string
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
 
+from gateway.dialects import fields
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.providers.base import (
     Adapter,
@@ -84,6 +86,7 @@ from gateway.providers.messages import (
     tool_names_by_id,
 )
 from gateway.sse import Event
+from gateway.validation import check_content
 
 # -- request vocabulary ------------------------------------------------------------------
 
@@ -130,6 +133,8 @@ _EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 _LEVELS: Final = {"none": "LOW", "minimal": "LOW", "low": "LOW"}  # everything else: HIGH
 _BUDGETS: Final = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192}  # everything else: 24576
 _MAX_BUDGET: Final = 24576  # the largest budget every 2.5 model accepts
+_MAX_SCHEMA_NODES: Final = 5000  # per cleaned schema, $refs inlined: far above any real tool
+_MAX_REF_CHAIN: Final = 32  # $ref inside $ref inside ...: each is a level of Python recursion
 
 # The OpenAPI subset Gemini's `Schema` understands; any other key is a 400 upstream.
 _SCHEMA_COPY: Final = (
@@ -357,6 +362,7 @@ def _contents(messages: list[Any]) -> tuple[list[Json], list[Json]]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         role = message.get("role")
+        check_content(message.get("content"), where)
         if role in SYSTEM_ROLES:
             text = text_of(message.get("content"), where)
             if text:
@@ -389,9 +395,7 @@ def _user_parts(content: Any, where: str) -> list[Json]:
         here = f"{where}.content[{j}]"
         kind = part.get("type")
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise InvalidRequest(f"{here}.text must be a string.", param=f"{here}.text", code="invalid_type")
+            text = part["text"]  # a string: check_content saw to it
             if text:  # Gemini rejects empty text parts
                 out.append({"text": text})
         elif kind == "image_url":
@@ -443,7 +447,8 @@ def _file_part(part: Json, where: str) -> Json:
             param=f"{where}.file",
             code="invalid_value",
         )
-    mime = mimetypes.guess_type(str(spec.get("filename") or ""))[0] or "application/pdf"
+    filename = fields.string(spec, "filename", f"{where}.file.filename")
+    mime = mimetypes.guess_type(filename or "")[0] or "application/pdf"
     if data.startswith("data:"):
         header, _, data = data.partition(",")
         mime = header[5:].split(";")[0] or mime
@@ -532,8 +537,9 @@ def _declarations(tools: Any) -> list[Json]:
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{where}.function.name is required.", param=f"{where}.function.name")
         declaration: Json = {"name": name}
-        if isinstance(function.get("description"), str):
-            declaration["description"] = function["description"]
+        description = fields.string(function, "description", f"{where}.function.description")
+        if description is not None:
+            declaration["description"] = description
         parameters = function.get("parameters")
         if parameters is not None:
             cleaned = clean_schema(parameters, f"{where}.function.parameters")
@@ -560,11 +566,12 @@ def _tool_choice(choice: Any, declarations: list[Json]) -> tuple[Json | None, se
     if kind == "allowed_tools" and isinstance(choice.get("allowed_tools"), dict):
         spec = choice["allowed_tools"]
         names: set[str] = set()
-        for k, tool in enumerate(spec.get("tools") or []):
+        mode = fields.choice(spec, "mode", "tool_choice.allowed_tools.mode", ("auto", "required"))
+        for k, tool in enumerate(fields.array(spec, "tools", "tool_choice.allowed_tools.tools") or []):
             function = tool.get("function") if isinstance(tool, dict) else None
             name = function.get("name") if isinstance(function, dict) else None
             names.add(_declared(name, declarations, f"tool_choice.allowed_tools.tools[{k}]"))
-        if spec.get("mode") == "required":
+        if mode == "required":
             return {"mode": "ANY", "allowedFunctionNames": sorted(names)}, None
         # Gemini only restricts names under ANY; for "auto" we declare just the allowed ones.
         return {"mode": "AUTO"}, names
@@ -595,15 +602,31 @@ def clean_schema(schema: Any, where: str) -> Json:
     for key in ("definitions", "$defs"):
         if isinstance(schema.get(key), dict):
             defs.update(schema[key])
-    return _clean(schema, defs, where, ())
+    return _clean(schema, _Cleaning(defs, where), ())
 
 
-def _clean(node: Any, defs: Json, where: str, expanding: tuple[str, ...]) -> Json:
+@dataclass(slots=True)
+class _Cleaning:
+    """One schema's cleaning: its definitions, its parameter name, and how many more
+    nodes it may produce (inlined `$ref`s can multiply a small schema exponentially)."""
+
+    defs: Json
+    where: str
+    nodes_left: int = _MAX_SCHEMA_NODES
+
+    def refuse(self, message: str, code: str = "invalid_value") -> InvalidRequest:
+        return InvalidRequest(f"{self.where}: {message}", param=self.where, code=code)
+
+
+def _clean(node: Any, ctx: _Cleaning, expanding: tuple[str, ...]) -> Json:
     if not isinstance(node, dict):
         return {}  # `true` / `{}`: any value
+    ctx.nodes_left -= 1
+    if ctx.nodes_left < 0:
+        raise ctx.refuse(f"the schema has more than {_MAX_SCHEMA_NODES} nodes once its $refs are inlined.")
     ref = node.get("$ref")
     if isinstance(ref, str):
-        return _inline_ref(node, ref, defs, where, expanding)
+        return _inline_ref(node, ref, ctx, expanding)
     if isinstance(node.get("allOf"), list):
         node = _merge_all_of(node)
     out: Json = {}
@@ -615,7 +638,7 @@ def _clean(node: Any, defs: Json, where: str, expanding: tuple[str, ...]) -> Jso
     alternatives = node.get("anyOf") if isinstance(node.get("anyOf"), list) else node.get("oneOf")
     if isinstance(alternatives, list):
         for alternative in alternatives:
-            cleaned = _clean(alternative, defs, where, expanding)
+            cleaned = _clean(alternative, ctx, expanding)
             if cleaned == {"nullable": True}:  # the {"type": "null"} branch
                 nullable = True
             else:
@@ -627,16 +650,16 @@ def _clean(node: Any, defs: Json, where: str, expanding: tuple[str, ...]) -> Jso
     nullable |= _enum(node, out)
     properties = node.get("properties")
     if isinstance(properties, dict) and properties:
-        out["properties"] = {name: _clean(sub, defs, where, expanding) for name, sub in properties.items()}
+        out["properties"] = {name: _clean(sub, ctx, expanding) for name, sub in properties.items()}
         out.setdefault("type", "OBJECT")
-        required = [r for r in node.get("required") or [] if r in properties]
+        required = [r for r in _required(node.get("required"), ctx) if r in properties]
         if required:
             out["required"] = required
     items = node.get("items")
     if isinstance(items, dict):
-        out["items"] = _clean(items, defs, where, expanding)
+        out["items"] = _clean(items, ctx, expanding)
     elif isinstance(items, list) and items:  # draft-4 tuple form
-        out["items"] = {"anyOf": [_clean(item, defs, where, expanding) for item in items]}
+        out["items"] = {"anyOf": [_clean(item, ctx, expanding) for item in items]}
     fmt = node.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS.get(out.get("type", ""), ()):
         out["format"] = fmt
@@ -648,19 +671,25 @@ def _clean(node: Any, defs: Json, where: str, expanding: tuple[str, ...]) -> Jso
     return out
 
 
-def _inline_ref(node: Json, ref: str, defs: Json, where: str, expanding: tuple[str, ...]) -> Json:
+def _inline_ref(node: Json, ref: str, ctx: _Cleaning, expanding: tuple[str, ...]) -> Json:
     name = ref.rsplit("/", 1)[-1]
-    if not ref.startswith(("#/$defs/", "#/definitions/")) or not isinstance(defs.get(name), dict):
-        raise InvalidRequest(
-            f"{where}: cannot resolve $ref {ref!r}; only local #/$defs references are supported.",
-            param=where,
-            code="invalid_value",
-        )
+    if not ref.startswith(("#/$defs/", "#/definitions/")) or not isinstance(ctx.defs.get(name), dict):
+        raise ctx.refuse(f"cannot resolve $ref {ref!r}; only local #/$defs references are supported.")
     siblings = {k: v for k, v in node.items() if k != "$ref"}  # e.g. a description next to the $ref
     if name in expanding:  # recursive: Gemini schemas cannot refer to themselves
-        kind, _, _ = _types(defs[name].get("type"))
-        return {**_clean(siblings, defs, where, expanding), "type": kind or "OBJECT"}
-    return _clean({**defs[name], **siblings}, defs, where, (*expanding, name))
+        kind, _, _ = _types(ctx.defs[name].get("type"))
+        return {**_clean(siblings, ctx, expanding), "type": kind or "OBJECT"}
+    if len(expanding) >= _MAX_REF_CHAIN:  # each link is a Python call: bound the recursion
+        raise ctx.refuse(f"$refs nest more than {_MAX_REF_CHAIN} deep.")
+    return _clean({**ctx.defs[name], **siblings}, ctx, (*expanding, name))
+
+
+def _required(value: Any, ctx: _Cleaning) -> list[str]:
+    if value is None:
+        return []
+    if type(value) is not list or not all(type(r) is str for r in value):
+        raise ctx.refuse("'required' must be an array of property names.", code="invalid_type")
+    return value
 
 
 def _merge_all_of(node: Json) -> Json:
@@ -669,9 +698,10 @@ def _merge_all_of(node: Json) -> Json:
         if not isinstance(part, dict):
             continue
         for key, value in part.items():
-            if key == "properties" and isinstance(value, dict):
+            # the node's own keys may be of any type: only same-typed ones merge
+            if key == "properties" and isinstance(value, dict) and isinstance(merged.get("properties", {}), dict):
                 merged["properties"] = {**merged.get("properties", {}), **value}
-            elif key == "required" and isinstance(value, list):
+            elif key == "required" and isinstance(value, list) and isinstance(merged.get("required", []), list):
                 merged["required"] = [*merged.get("required", []), *value]
             else:
                 merged.setdefault(key, value)
@@ -741,13 +771,13 @@ def _generation_config(body: Json, upstream: str) -> Json:
     put("seed", _integer(body, "seed", None))
     put("presencePenalty", number(body, "presence_penalty", -2, 2))
     put("frequencyPenalty", number(body, "frequency_penalty", -2, 2))
-    if body.get("logprobs") is True:
+    if fields.boolean(body, "logprobs", "logprobs"):
         config["responseLogprobs"] = True
         top = _integer(body, "top_logprobs", 0)
         if top:
             config["logprobs"] = top
     _response_format(body.get("response_format"), config)
-    effort = body.get("reasoning_effort")
+    effort = fields.choice(body, "reasoning_effort", "reasoning_effort", _EFFORTS)
     if effort is not None:
         config["thinkingConfig"] = _thinking(effort, upstream)
     return config
@@ -785,11 +815,7 @@ def _response_format(spec: Any, config: Json) -> None:
     )
 
 
-def _thinking(effort: Any, upstream: str) -> Json:
-    if effort not in _EFFORTS:
-        raise InvalidRequest(
-            f"'reasoning_effort' must be one of {', '.join(_EFFORTS)}.", param="reasoning_effort", code="invalid_value"
-        )
+def _thinking(effort: str, upstream: str) -> Json:
     thinking: Json = {"includeThoughts": effort != "none"}
     if upstream.removeprefix("models/").startswith("gemini-3"):
         thinking["thinkingLevel"] = _LEVELS.get(effort, "HIGH")
