@@ -444,11 +444,13 @@ def test_the_base_body_of_the_bad_field_table_is_valid() -> None:
     assert to_hub(base_body())["messages"][-1] == {"role": "tool", "tool_call_id": "toolu_1", "content": "ok"}
 
 
+def nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["type", "text", "x"]), inner, max_size=3)
+
+
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["type", "text", "x"]), inner, max_size=3)
-    ),
+    nest,
     max_leaves=8,
 )
 PATHS = sorted({p for p, _, _ in BAD_FIELDS if p.count(".") <= 4} | {"messages.2.content.0"})
