@@ -16,6 +16,7 @@ from gateway.config import Config
 from gateway.errors import error_middleware
 from gateway.limits import InProcessLimiter, Limiter, load_month_usage
 from gateway.metrics import Metrics
+from gateway.pipeline import rate_limit_headers
 from gateway.runtime import Live, Runtime
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
@@ -36,7 +37,7 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
     app.on_response_prepare.append(echo_request_id)
-    app.on_response_prepare.append(handlers.rate_limit_headers)
+    app.on_response_prepare.append(rate_limit_headers)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/v1/models", handlers.list_models)
