@@ -266,27 +266,37 @@ async def test_a_wrong_type_in_any_field_an_adapter_reads(
             assert_400(status, answer, param)
 
 
+def _items(depth: int, leaf: dict[str, Any]) -> dict[str, Any]:
+    for _ in range(depth):
+        leaf = {"type": "array", "items": leaf}
+    return leaf
+
+
 async def test_schema_refs_cannot_recurse_or_explode(kinds: tuple[Gateway, Answers], no_errors_logged: Any) -> None:
-    """Gemini schemas have their local $refs inlined: a long chain of them was a
-    RecursionError, and refs that double at each level a CPU-bound hang."""
+    """Gemini schemas have their local $refs inlined: a long chain of them, or a chain of
+    deep ones, was a RecursionError, and refs that double at each level a CPU-bound hang."""
     chain = {f"d{i}": {"$ref": f"#/$defs/d{i + 1}"} for i in range(500)} | {"d500": {"type": "string"}}
+    deep = {f"d{i}": _items(100, {"$ref": f"#/$defs/d{i + 1}"}) for i in range(30)} | {"d30": {"type": "string"}}
     doubling = {
         f"d{i}": {
             "type": "object",
             "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
         }
         for i in range(40)
-    }
-    doubling["d40"] = {"type": "string"}
-    for defs in (chain, doubling):
+    } | {"d40": {"type": "string"}}
+    for defs in (chain, deep, doubling):
         params = {"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs}
-        body = {
-            "model": "gem-large",
-            "messages": MESSAGES,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": params}}],
-        }
-        status, answer = await post(kinds[0], body)
+        tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+        status, answer = await post(kinds[0], {"model": "gem-large", "messages": MESSAGES, "tools": [tool]})
         assert_400(status, answer, "tools[0].function.parameters")
+    ordinary = {
+        "a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}}},
+        "b": _items(20, {"type": "string"}),
+    }
+    params = {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "$defs": ordinary}
+    tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+    status, answer = await post(kinds[0], {"model": "gem-large", "messages": MESSAGES, "tools": [tool]})
+    assert status == 200, answer
 
 
 # -- reading the body: read_json ---------------------------------------------------------

@@ -78,10 +78,11 @@ async def test_arbitrary_input_gets_openai_shaped_answers(gateway: Gateway, upst
 #
 # A valid body for each endpoint; each case puts one wrong-typed value (null, bool, number,
 # huge number, string, list, object, or a list/object nested up to 1,000 levels) at one
-# field the gateway or an adapter reads, and sends it to an OpenAI, an Anthropic and a
-# Gemini model.  Whatever the value, the answer is a success or an OpenAI error: a 400
-# names the parameter, nothing is a 500 (unless the fake upstream itself failed), and
-# nothing is logged at ERROR (a traceback).
+# field the gateway or an adapter reads, and sends it to an OpenAI, an Anthropic or a
+# Gemini model (tests/all_kinds.py: fakes that validate like the real APIs).  Whatever
+# the value, the answer is a success or an OpenAI error: a 400 of the gateway's names
+# the parameter, nothing is a 500 (unless the fake upstream itself failed), and nothing
+# is logged at ERROR (a traceback).
 
 TOOL = {
     "type": "function",

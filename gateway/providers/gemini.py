@@ -133,8 +133,10 @@ _EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 _LEVELS: Final = {"none": "LOW", "minimal": "LOW", "low": "LOW"}  # everything else: HIGH
 _BUDGETS: Final = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192}  # everything else: 24576
 _MAX_BUDGET: Final = 24576  # the largest budget every 2.5 model accepts
-_MAX_SCHEMA_NODES: Final = 5000  # per cleaned schema, $refs inlined: far above any real tool
-_MAX_REF_CHAIN: Final = 32  # $ref inside $ref inside ...: each is a level of Python recursion
+# Per cleaned schema, $refs inlined, both far above any real tool: inlining can multiply a
+# small schema exponentially, and every level of the result is a level of Python recursion.
+_MAX_SCHEMA_NODES: Final = 5000
+_MAX_SCHEMA_DEPTH: Final = 64
 
 # The OpenAPI subset Gemini's `Schema` understands; any other key is a 400 upstream.
 _SCHEMA_COPY: Final = (
@@ -607,12 +609,13 @@ def clean_schema(schema: Any, where: str) -> Json:
 
 @dataclass(slots=True)
 class _Cleaning:
-    """One schema's cleaning: its definitions, its parameter name, and how many more
-    nodes it may produce (inlined `$ref`s can multiply a small schema exponentially)."""
+    """One schema's cleaning: its definitions, its parameter name, how many more nodes
+    it may produce and how deep the node being cleaned is."""
 
     defs: Json
     where: str
     nodes_left: int = _MAX_SCHEMA_NODES
+    depth: int = 0
 
     def refuse(self, message: str, code: str = "invalid_value") -> InvalidRequest:
         return InvalidRequest(f"{self.where}: {message}", param=self.where, code=code)
@@ -624,6 +627,16 @@ def _clean(node: Any, ctx: _Cleaning, expanding: tuple[str, ...]) -> Json:
     ctx.nodes_left -= 1
     if ctx.nodes_left < 0:
         raise ctx.refuse(f"the schema has more than {_MAX_SCHEMA_NODES} nodes once its $refs are inlined.")
+    if ctx.depth >= _MAX_SCHEMA_DEPTH:
+        raise ctx.refuse(f"the schema nests more than {_MAX_SCHEMA_DEPTH} levels once its $refs are inlined.")
+    ctx.depth += 1
+    try:
+        return _clean_node(node, ctx, expanding)
+    finally:
+        ctx.depth -= 1
+
+
+def _clean_node(node: Json, ctx: _Cleaning, expanding: tuple[str, ...]) -> Json:
     ref = node.get("$ref")
     if isinstance(ref, str):
         return _inline_ref(node, ref, ctx, expanding)
@@ -679,8 +692,6 @@ def _inline_ref(node: Json, ref: str, ctx: _Cleaning, expanding: tuple[str, ...]
     if name in expanding:  # recursive: Gemini schemas cannot refer to themselves
         kind, _, _ = _types(ctx.defs[name].get("type"))
         return {**_clean(siblings, ctx, expanding), "type": kind or "OBJECT"}
-    if len(expanding) >= _MAX_REF_CHAIN:  # each link is a Python call: bound the recursion
-        raise ctx.refuse(f"$refs nest more than {_MAX_REF_CHAIN} deep.")
     return _clean({**ctx.defs[name], **siblings}, ctx, (*expanding, name))
 
 
