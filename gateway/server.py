@@ -279,6 +279,14 @@ class _Protocol(web_protocol.RequestHandler):
         else:  # answered already (without reading the body): nothing to wait for
             self.force_close()
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # a body the client garbled (bad gzip, say) fails the handler's read, and again
+        # aiohttp's read of the rest after the answer: the client's fault, not a traceback
+        if isinstance(kw.get("exc_info"), web_protocol.RequestPayloadError):
+            log.debug("request body could not be decoded: %s", type(kw["exc_info"]).__name__)
+            return
+        super().log_exception(*args, **kw)
+
     @property
     def idle(self) -> bool:
         """Open and serving no request: silent, half-sent, or between keep-alive requests."""
@@ -455,9 +463,16 @@ async def _serve(
     if stop.is_set():  # stopped while starting
         sock.close()
         await _cleanup(app, loop.time() + settings.shutdown_timeout)
+        await _threads_finish(0.5)
         return
     site = web.SockSite(runner, sock, backlog=_BACKLOG)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        sock.close()
+        await _cleanup(app, loop.time() + 1.0)
+        raise StartupError(f"cannot serve on the listening socket: {exc.strerror or exc}") from None
+    log.debug("open-file limit %d; server.max_connections %d", settings.open_files, settings.max_connections)
     if on_started is not None:
         on_started()
     await stop.wait()
@@ -487,13 +502,12 @@ async def _start(runner: _Runner, stop: asyncio.Event) -> None:
 
 
 async def _threads_finish(timeout: float) -> None:
-    """Give threads a failed start left behind (aiosqlite's) a moment to end while the
-    loop still runs: one answering a closed loop prints a traceback."""
+    """Give threads an unfinished start left behind (aiosqlite's, told to stop) a moment
+    to end while the loop still runs: one answering a closed loop prints a traceback."""
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
-    while loop.time() < until and any(
-        t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()
-    ):
+    main = threading.main_thread()
+    while loop.time() < until and any(t is not main and t.is_alive() for t in threading.enumerate()):
         await asyncio.sleep(0.02)
 
 
@@ -503,12 +517,18 @@ async def _stop(app: web.Application, site: web.SockSite, server: Server, settin
     started = loop.time()
     budget = settings.shutdown_timeout
     deadline = started + budget
-    log.info("stopping: %d requests in flight get up to %g s to finish", server.in_progress(), budget)
+    # the reserve pays for the final events of cut streams and the usage log's flush
+    grace = budget - min(1.0, budget / 4)
+    log.info(
+        "stopping: %d requests in flight, cut after %g s if still running (server.shutdown_timeout %g s)",
+        server.in_progress(), grace, budget,
+    )  # fmt: skip
     await site.stop()  # the listening socket closes: new connections are refused
     server.close_idle()
-    await app.shutdown()
-    # the reserve pays for the final events of cut streams and the usage log's flush
-    await server.wait_closed(deadline - min(1.0, budget / 4))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await app.shutdown()  # on_shutdown hooks (none today)
+    await server.wait_closed(started + grace)
     cut = 0
     if server.open > 0:
         if STOPPING in app:
@@ -535,7 +555,12 @@ async def _cleanup(app: web.Application, until: float) -> None:
 def _reload(app: web.Application, settings: Settings) -> None:
     """SIGHUP: the YAML again; what a running server can change applies at once."""
     live = app[LIVE]
-    if live.reload():
+    try:
+        reloaded = live.reload()
+    except Exception as exc:  # an I/O error past the file's read: the old configuration stays
+        log.error("reload failed, the old configuration stays in force: %s", exc)
+        return
+    if reloaded:
         config = live.current.config
         settings.update(config)
         # the app reads its body limit per request from here (aiohttp's Application)

@@ -87,6 +87,18 @@ def test_workers_with_limits_warn_that_limits_are_per_worker() -> None:
     assert any("per worker process" in w and "4 times" in w for w in config.warnings), config.warnings
 
 
+def test_server_connection_settings_defaults_and_values() -> None:
+    config = parse_config(VALID, ENV)
+    assert (config.header_timeout, config.body_timeout, config.keepalive_timeout) == (10.0, 60.0, 75.0)
+    assert config.max_connections is None  # the server derives it from the open-file limit
+    assert config.max_upstream_body_bytes == 64 * 1024 * 1024
+    server = {"header_timeout": 2.5, "body_timeout": 5, "keepalive_timeout": 30, "max_connections": 500,
+              "max_upstream_body_bytes": 1024}  # fmt: skip
+    config = parse_config(edited(server=server), ENV)
+    assert (config.header_timeout, config.body_timeout, config.keepalive_timeout) == (2.5, 5, 30)
+    assert (config.max_connections, config.max_upstream_body_bytes) == (500, 1024)
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -111,6 +123,15 @@ def test_workers_with_limits_warn_that_limits_are_per_worker() -> None:
         (lambda d: d["tiers"]["pro"].update(extends="platinum"), "tiers.pro.extends: tier 'platinum' is not defined"),
         (lambda d: d.update(server={"port": "eighty"}), "server.port: must be a positive integer"),
         (lambda d: d.update(server={"workers": 0}), "server.workers: must be a positive integer, got 0"),
+        (lambda d: d.update(server={"header_timeout": 0}), "server.header_timeout: must be a positive number, got 0"),
+        (lambda d: d.update(server={"body_timeout": "soon"}), "server.body_timeout: must be a positive number"),
+        (lambda d: d.update(server={"keepalive_timeout": -1}), "server.keepalive_timeout: must be a positive number"),
+        (lambda d: d.update(server={"max_connections": 1.5}), "server.max_connections: must be a positive integer"),
+        (
+            lambda d: d.update(server={"max_upstream_body_bytes": 0}),
+            "server.max_upstream_body_bytes: must be a positive integer, got 0",
+        ),
+        (lambda d: d.update(server={"max_conections": 9}), "server.max_conections: unknown field"),
         (lambda d: d["providers"]["openai"].update(timeouts={"read": -1}), "providers.openai.timeouts.read"),
         (lambda d: d.update(extra=1), "extra: unknown field"),
     ],

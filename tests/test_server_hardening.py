@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import PRO_KEY, UPSTREAM_KEY, Gateway, base_config
+from conftest import ENV, PRO_KEY, UPSTREAM_KEY, Gateway, base_config
 from fakes import FakeUpstream, fixture_bytes, json_reply, sse_reply
-from processes import Served, free_port, launch, raise_own_fd_limit, write_config
+from processes import ROOT, Served, free_port, launch, raise_own_fd_limit, wait_until_serving, write_config
 
 PROMPT = "a secret prompt 4711"
 AUTH = {"Authorization": f"Bearer {PRO_KEY}"}
@@ -407,6 +408,48 @@ async def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> N
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
         await served.stop()
+
+
+_WATCHING = """
+import sys
+from gateway import server
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.workers import listening_socket
+
+path, fd, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+config = load_config(path)
+server.run(create_app(config, path), listening_socket("127.0.0.1", port), config, watch_fd=fd)
+"""
+
+
+async def test_a_worker_stops_when_its_supervisor_pipe_closes(tmp_path: Path) -> None:
+    """The portable half of "die with the supervisor" (no PR_SET_PDEATHSIG outside
+    Linux): a worker serving with the pipe's read end stops when the write end closes."""
+    read_end, write_end = os.pipe()
+    port = free_port()
+    config = write_config(tmp_path, gateway_doc(tmp_path))
+    log = tmp_path / "worker.log"
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _WATCHING, str(config), str(read_end), str(port), pass_fds=(read_end,),
+                cwd=ROOT, env={**ENV, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, stdout=out, stderr=out,
+            )  # fmt: skip
+        os.close(read_end)
+        served = Served(proc, port, config, log)
+        await wait_until_serving(served)
+        os.close(write_end)  # as the supervisor's death would
+        write_end = -1
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "the supervisor is gone; stopping" in log.read_text()
 
 
 # -- 14. SIGHUP and the server settings ------------------------------------------------------
