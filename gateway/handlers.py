@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import limits
 from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, REPLY, RUNTIME, USAGE
 from gateway.balancer import Target
+from gateway.dialects.output import ChatOutput
 from gateway.metrics import CONTENT_TYPE, check_access
 from gateway.pipeline import with_fallback
 from gateway.providers.base import Reply, text_chars
@@ -22,6 +23,8 @@ from gateway.routing import resolve, visible_models
 from gateway.validation import check_chat, check_embeddings, include_usage, model_of, read_json
 
 log = logging.getLogger(__name__)
+
+_CHAT = ChatOutput()  # stateless: one serves every chat stream
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -76,7 +79,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         reply = request[REPLY] = Reply(model=record.model or "", created=created, include_usage=wants_usage)
         upstream = target.adapter.chat_request(body, target.route, stream)
         if stream:
-            return await relay_stream(request, target, upstream, target.adapter.stream_translator(target.route, reply))
+            translator = target.adapter.stream_translator(target.route, reply)
+            return await relay_stream(request, target, upstream, translator, _CHAT)
         data = await call_upstream(request, target, upstream)
         completion = target.adapter.chat_response(data, target.route, reply)
         record.add_usage(completion.get("usage"))

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.appkeys import HTTP, METRICS, RECORD, RUNTIME, STOPPING
 from gateway.balancer import Target
+from gateway.dialects.output import Output
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
 from gateway.pipeline import log_upstream_failure
 from gateway.providers.base import Chunk, StreamTranslator, UpstreamRequest
@@ -34,16 +35,17 @@ async def call_upstream(request: web.Request, target: Target, upstream: Upstream
 
 
 async def relay_stream(
-    request: web.Request, target: Target, upstream: UpstreamRequest, translator: StreamTranslator
+    request: web.Request, target: Target, upstream: UpstreamRequest, translator: StreamTranslator, output: Output
 ) -> web.StreamResponse:
-    """Pipe one upstream stream to the client, chunk by chunk, as it arrives.
+    """Pipe one upstream stream to the client, chunk by chunk, as it arrives, in the
+    client's dialect (`output`).
 
     Nothing is sent until the upstream's first bytes have been read and translated,
     so an upstream that fails at once (bad status, stall, error event) still gets a
-    real status and may be retried elsewhere.  After that, a failure becomes one
-    final `data: {"error": ...}` event."""
+    real status and may be retried elsewhere.  After that, a failure becomes the
+    dialect's final error event."""
     record = request[RECORD]
-    out = EventWriter(request, headers={DEPLOYMENT_HEADER: target.label})
+    out = EventWriter(request, headers={DEPLOYMENT_HEADER: target.label}, ping=output.ping)
     started = time.monotonic()
     inflight, counted = request.app[METRICS].inflight_streams, False
     try:
@@ -56,22 +58,24 @@ async def relay_stream(
             inflight.inc()
             counted = True
             record.ttfb_ms = _ms_since(started)
-            await out.send_many(pending)
+            await out.write(output.open() + output.chunks(pending))
             async for raw in resp.content.iter_any():
-                await _forward(out, decoder.feed(raw), translator)
-            await _forward(out, decoder.close(), translator)
-            await out.send_many(translator.finish())
-            await out.done()
+                await _forward(out, output, decoder.feed(raw), translator)
+            await _forward(out, output, decoder.close(), translator)
+            await out.write(output.chunks(translator.finish()))
+            closing = output.close(translator.usage)
+            await output.settle()
+            await out.write(closing)
             record.status = 200
     except GatewayError as exc:
         if not out.prepared:
             raise  # _with_fallback logs it and may retry elsewhere
         exc.redact(target.route.provider.api_keys)
         log_upstream_failure(request, target, exc.status, exc.code or exc.type)
-        await _send_error(out, record, exc)
+        await _send_error(out, output, record, exc)
     except SSEError as exc:  # only raised once the stream is under way
         log_upstream_failure(request, target, 502, "upstream_stream_undecodable")
-        await _send_error(out, record, UpstreamError(f"The upstream stream could not be decoded: {exc}."))
+        await _send_error(out, output, record, UpstreamError(f"The upstream stream could not be decoded: {exc}."))
     except ConnectionResetError:  # the client went away; leaving the block closed the upstream
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
         return out.response
@@ -80,14 +84,15 @@ async def relay_stream(
         if out.prepared and request.app[STOPPING].is_set():
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_LAST_WORD):
-                    await _send_error(out, record, _shutting_down())
+                    await _send_error(out, output, record, _shutting_down())
+                    await out.close()  # a proper end of the body, not a cut connection
         raise
     except Exception:  # a bug of ours: once streaming, a 500 page would corrupt the HTTP stream
         if not out.prepared:
             raise
         log.exception("unexpected error while streaming %s", request.path)
         failure = GatewayError("The gateway hit an internal error while streaming; it has been logged.")
-        await _send_error(out, record, failure)
+        await _send_error(out, output, record, failure)
     finally:
         out.stop_pings()
         record.add_usage(translator.usage)
@@ -108,10 +113,11 @@ def _translate(events: list[Event], translator: StreamTranslator) -> tuple[list[
     return chunks, None
 
 
-async def _forward(out: EventWriter, events: list[Event], translator: StreamTranslator) -> None:
+async def _forward(out: EventWriter, output: Output, events: list[Event], translator: StreamTranslator) -> None:
     """Send one read's chunks in one write; chunks before an upstream error still go out."""
     chunks, failure = _translate(events, translator)
-    await out.send_many(chunks)
+    if chunks:
+        await out.write(output.chunks(chunks))
     if failure is not None:
         raise failure
 
@@ -122,10 +128,10 @@ def _shutting_down() -> ServiceUnavailable:
     )
 
 
-async def _send_error(out: EventWriter, record: UsageRecord, exc: GatewayError) -> None:
+async def _send_error(out: EventWriter, output: Output, record: UsageRecord, exc: GatewayError) -> None:
     record.status, record.error_code = exc.status, exc.code or exc.type
     try:
-        await out.send(exc.body())
+        await out.write(output.fail(exc))
     except ConnectionResetError:
         record.status, record.error_code = CLIENT_CLOSED, "client_closed"
 

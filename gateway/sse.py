@@ -11,9 +11,8 @@ across reads is harmless, and it has no line-length limit except `max_event_byte
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
-import orjson
 from aiohttp import HttpVersion11, web
 
 DONE: Final = b"[DONE]"
@@ -89,22 +88,27 @@ class _Stream(web.StreamResponse):
 
 
 class EventWriter:
-    """Our outgoing stream: `data: <json>\n\n` events, in OpenAI's exact framing.
+    """Our outgoing stream: events already framed by the client's dialect (chat's
+    `data: <json>`, or `event:` + `data:` for Responses and Messages), as bytes.
 
-    Headers: no caching, no proxy buffering.  A `: ping` comment (ignored by OpenAI
-    clients) goes out every `PING_INTERVAL` s, so proxies keep a silent stream (a long
-    think) open.  The ping is a timer, and a task only when it fires: aiohttp-sse's
-    response, used before, started a ping task and set TCP_USER_TIMEOUT (two syscalls
-    and a socket object) for every stream, 7-10 % of a short stream in the profile.
-    The listening socket carries that timeout now, inherited by every connection
+    Headers: no caching, no proxy buffering.  A keep-alive (`ping`, the dialect's:
+    a `: ping` comment, ignored by OpenAI clients, or Anthropic's `ping` event) goes
+    out every `PING_INTERVAL` s, so proxies keep a silent stream (a long think) open.
+    The ping is a timer, and a task only when it fires: aiohttp-sse's response,
+    used before, started a ping task and set TCP_USER_TIMEOUT (two syscalls and a
+    socket object) for every stream, 7-10 % of a short stream in the profile.  The
+    listening socket carries that timeout now, inherited by every connection
     (gateway/workers.py)."""
 
     PING_INTERVAL: float = 15.0
 
-    def __init__(self, request: web.Request, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, request: web.Request, headers: dict[str, str] | None = None, ping: bytes = b": ping\n\n"
+    ) -> None:
         self._request = request
         self.response = _Stream(headers=headers)
         self.response.headers.update(_HEADERS)
+        self._ping_bytes = ping
         self._ping: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task[None] | None = None
 
@@ -122,20 +126,11 @@ class EventWriter:
     def prepared(self) -> bool:
         return self.response.prepared
 
-    async def send(self, chunk: dict[str, Any]) -> None:
-        await self.response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-
-    async def send_many(self, chunks: list[dict[str, Any] | bytes]) -> None:
+    async def write(self, data: bytes) -> None:
         """Everything one upstream read produced, in one write: a send per chunk was the
-        largest cost of a stream in the profile (scripts/bench).  A chunk given as bytes
-        is JSON already encoded (an upstream chunk passed on unchanged)."""
-        if chunks:
-            await self.response.write(
-                b"".join(b"data: " + (c if type(c) is bytes else orjson.dumps(c)) + b"\n\n" for c in chunks)
-            )
-
-    async def done(self) -> None:
-        await self.response.write(b"data: [DONE]\n\n")
+        largest cost of a stream in the profile (scripts/bench)."""
+        if data:
+            await self.response.write(data)
 
     async def close(self) -> None:
         self.stop_pings()
@@ -152,7 +147,7 @@ class EventWriter:
 
     async def _send_ping(self) -> None:
         try:
-            await self.response.write(b": ping\n\n")
+            await self.response.write(self._ping_bytes)
         except (ConnectionResetError, RuntimeError):
             return  # the client is gone or the stream ended: the handler sees it too
         self._arm()
