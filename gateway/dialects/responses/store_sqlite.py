@@ -1,8 +1,7 @@
 """Stored Responses in the usage database's SQLite file (see `store.py` for the contract).
 
-Two tables of our own beside the usage log's (whose `usage` table and
-`PRAGMA user_version` we never touch), versioned by the one-row table
-`response_store_schema`:
+Two tables of our own beside the usage log's (created and versioned by
+`store_sqlite_schema.py`):
 
 - `responses`: one row per response: the key name that owns it, its
   `previous_response_id`, when it was stored, and the Response object as orjson
@@ -33,10 +32,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import aiosqlite
@@ -48,41 +45,18 @@ from gateway.dialects.responses.store import (
     MAX_CHAIN_DEPTH,
     Json,
     Order,
-    ResponseStoreError,
     StoreUnavailable,
     check_page,
     item_page,
 )
+from gateway.dialects.responses.store_sqlite_schema import connect, one_line
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_OPEN_BUSY_MS: Final = 5000  # workers starting together wait for each other's migration
 _PURGE_BATCH: Final = 100  # responses per purge transaction (each with its items)
 _IDS_PER_QUERY: Final = 500  # under SQLite's bound-parameter limit
 _NO_POSITION: Final = 1 << 62  # "before every item" for a descending page without `after`
-
-_MIGRATIONS: Final = (
-    """
-    CREATE TABLE IF NOT EXISTS responses (
-        id TEXT PRIMARY KEY,
-        key_name TEXT NOT NULL,
-        previous_id TEXT,
-        created_at REAL NOT NULL,
-        response BLOB NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
-    CREATE TABLE IF NOT EXISTS response_items (
-        response_id TEXT NOT NULL,
-        position INTEGER NOT NULL,
-        output INTEGER NOT NULL,
-        item_id TEXT,
-        item BLOB NOT NULL,
-        PRIMARY KEY (response_id, position)
-    );
-    CREATE INDEX IF NOT EXISTS response_items_item_id ON response_items (item_id);
-    """,
-)
 
 # Same id again under the same key replaces the row; under another key it changes
 # nothing (rowcount 0), which `put` refuses.
@@ -133,10 +107,6 @@ _PAGE: Final = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 class SQLiteResponseStore:
     """`ResponseStore` on an SQLite file; build it with `SQLiteResponseStore.open`."""
 
@@ -170,25 +140,7 @@ class SQLiteResponseStore:
         if not ttl_seconds > 0 or not timeout > 0:
             raise ValueError("ttl_seconds and timeout must be positive")
         busy_ms = int(1000 * (timeout * 0.75 if busy_timeout is None else busy_timeout))
-        if path != ":memory:" and not Path(path).parent.is_dir():
-            raise ResponseStoreError(f"response store database {path}: directory {Path(path).parent} does not exist")
-        # isolation_level=None: transactions are ours (BEGIN/COMMIT), never implicit
-        connecting = aiosqlite.connect(path, isolation_level=None)
-        thread = getattr(connecting, "_thread", None)
-        if isinstance(thread, threading.Thread):
-            thread.daemon = True  # a statement stuck in a hung disk must not keep the process alive
-        try:
-            db = await connecting
-        except Exception as exc:
-            raise ResponseStoreError(f"response store database {path}: {_one_line(exc)}") from exc
-        try:
-            await _prepare(db, busy_ms)
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await db.close()
-            if isinstance(exc, Exception):
-                raise ResponseStoreError(f"response store database {path}: {_one_line(exc)}") from exc
-            raise
+        db = await connect(path, busy_ms)
         return cls(db, path, ttl_seconds, timeout, clock)
 
     # -- the contract -------------------------------------------------------------------
@@ -351,7 +303,7 @@ class SQLiteResponseStore:
                 f"response store database {self._path}: {what} took longer than {self._timeout:g} s"
             ) from None
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a closed connection, an undecodable row
-            raise StoreUnavailable(f"response store database {self._path}: {what}: {_one_line(exc)}") from exc
+            raise StoreUnavailable(f"response store database {self._path}: {what}: {one_line(exc)}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self, db: aiosqlite.Connection, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[None]:
@@ -381,41 +333,3 @@ class SQLiteResponseStore:
 def _item_id(item: Json) -> str | None:
     value = item.get("id")
     return value if type(value) is str else None
-
-
-async def _prepare(db: aiosqlite.Connection, busy_ms: int) -> None:
-    await db.execute(f"PRAGMA busy_timeout={_OPEN_BUSY_MS}")
-    await _switch_to_wal(db)
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("BEGIN IMMEDIATE")  # workers starting together migrate once
-    try:
-        await db.execute("CREATE TABLE IF NOT EXISTS response_store_schema (version INTEGER NOT NULL)")
-        rows = await db.execute_fetchall("SELECT version FROM response_store_schema")
-        version = rows[0][0] if rows else 0
-        if version > len(_MIGRATIONS):
-            raise ResponseStoreError(f"schema version {version} is newer than this gateway's ({len(_MIGRATIONS)})")
-        for script in _MIGRATIONS[version:]:
-            for statement in filter(str.strip, script.split(";")):  # no ';' inside our statements
-                await db.execute(statement)
-        if version < len(_MIGRATIONS):
-            await db.execute("DELETE FROM response_store_schema")
-            await db.execute("INSERT INTO response_store_schema (version) VALUES (?)", (len(_MIGRATIONS),))
-        await db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await db.execute("ROLLBACK")
-        raise
-    await db.execute(f"PRAGMA busy_timeout={busy_ms}")
-
-
-async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
-    """WAL lets workers read while one writes (the usage log sets it too).  A new file
-    needs an exclusive lock for the switch, for which SQLite does not wait: retry."""
-    for attempt in range(tries):
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt + 1 == tries:
-                raise
-            await asyncio.sleep(0.1)
