@@ -4,15 +4,17 @@ session and the usage store.  The only wiring in the package."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import handlers
+from gateway import handlers, handlers_responses
 from gateway.accounting import accounting_middleware, echo_request_id
-from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, STOPPING, USAGE
+from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, RESPONSES, STOPPING, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config
+from gateway.dialects.responses.store import ResponseStore, open_response_store
 from gateway.errors import error_middleware
 from gateway.limits import InProcessLimiter, Limiter, load_month_usage
 from gateway.metrics import Metrics
@@ -20,6 +22,8 @@ from gateway.pipeline import rate_limit_headers
 from gateway.runtime import Live, Runtime
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Config, path: str | None = None, limiter: Limiter | None = None) -> web.Application:
@@ -36,6 +40,7 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app[STOPPING] = asyncio.Event()
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_usage_store)
+    app.cleanup_ctx.append(_response_store)  # after the usage log, which creates the database
     app.on_response_prepare.append(echo_request_id)
     app.on_response_prepare.append(rate_limit_headers)
     app.router.add_get("/healthz", handlers.healthz)
@@ -44,6 +49,13 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app.router.add_get("/v1/models/{model:.+}", handlers.get_model)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
+    responses = handlers_responses
+    app.router.add_post("/v1/responses", responses.create)
+    app.router.add_post("/v1/responses/input_tokens", responses.input_tokens)
+    app.router.add_get("/v1/responses/{response_id}", responses.retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", responses.delete)
+    app.router.add_post("/v1/responses/{response_id}/cancel", responses.cancel)
+    app.router.add_get("/v1/responses/{response_id}/input_items", responses.list_input_items)
     return app
 
 
@@ -60,3 +72,24 @@ async def _usage_store(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].seed_month(await load_month_usage(app[LIVE].current.config.database))
     yield
     await store.close()  # flushes every queued row
+
+
+_PURGE_EVERY = 3600.0  # seconds between sweeps of expired stored responses (reads already hide them)
+
+
+async def _response_store(app: web.Application) -> AsyncIterator[None]:
+    config = app[LIVE].current.config
+    store = app[RESPONSES] = await open_response_store(config.database, config.responses_ttl_seconds)
+    purging = asyncio.create_task(_purge(store), name="responses-purge")
+    yield
+    purging.cancel()
+    await store.close()
+
+
+async def _purge(store: ResponseStore) -> None:
+    while True:
+        await asyncio.sleep(_PURGE_EVERY)
+        try:
+            await store.purge_expired()
+        except Exception:  # a failed sweep is retried at the next one; reads hide expired rows anyway
+            log.warning("response store: purge of expired responses failed", exc_info=True)

@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from gateway.dialects.responses.store import ResponseStore
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
 from gateway.providers.base import Reply
@@ -20,6 +21,7 @@ HTTP = web.AppKey("HTTP", aiohttp.ClientSession)
 USAGE = web.AppKey("USAGE", UsageStore)
 LIMITER = web.AppKey("LIMITER", Limiter)  # tier capacity counters; survive reloads
 METRICS = web.AppKey("METRICS", Metrics)
+RESPONSES = web.AppKey("RESPONSES", ResponseStore)  # stored Responses (`store: true`)
 # set when a graceful stop has run out of time: handlers still streaming end their
 # stream with a final `server_shutting_down` error event before they are cancelled
 STOPPING = web.AppKey("STOPPING", asyncio.Event)

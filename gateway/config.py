@@ -149,6 +149,7 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
     max_connections: int | None = None  # per process; None = from the open-file limit (gateway/server.py)
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # largest non-streamed upstream answer read
+    responses_ttl_seconds: float = 30 * 86400.0  # stored Responses (`store: true`) live this long (responses.ttl_days)
 
 
 _CONFIG_DEFAULTS: Final = {f.name: f.default for f in fields(Config)}
@@ -264,8 +265,12 @@ class _Parser:
 
     def parse(self, raw: Any) -> Config:
         top = self.mapping(
-            raw, "(top level)", ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics")
+            raw,
+            "(top level)",
+            ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics", "responses"),
         )
+        responses = self.mapping(top.get("responses"), "responses", ("ttl_days",))
+        ttl_days = self.number(responses, "ttl_days", "responses", 30.0)
         metrics = self.mapping(top.get("metrics"), "metrics", ("admin_key",))
         metrics_key = None
         if metrics.get("admin_key") is not None:
@@ -314,6 +319,7 @@ class _Parser:
             shutdown_timeout=shutdown_timeout,
             workers=workers,
             metrics_key_sha256=metrics_key,
+            responses_ttl_seconds=ttl_days * 86400.0,
             **connections,
         )
 

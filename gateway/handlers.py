@@ -8,27 +8,22 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway import limits
-from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, REPLY, RUNTIME, USAGE
+from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, RUNTIME, USAGE
 from gateway.balancer import Target
 from gateway.dialects.output import ChatOutput
 from gateway.metrics import CONTENT_TYPE, check_access
 from gateway.pipeline import with_fallback
-from gateway.providers.base import Reply, text_chars
-from gateway.relay import DEPLOYMENT_HEADER, call_upstream, relay_stream
+from gateway.providers.base import Reply
+from gateway.relay import DEPLOYMENT_HEADER, call_upstream, hub_attempt, json_response
 from gateway.routing import resolve, visible_models
 from gateway.validation import check_chat, check_embeddings, include_usage, model_of, read_json
 
 log = logging.getLogger(__name__)
 
 _CHAT = ChatOutput()  # stateless: one serves every chat stream
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -75,22 +70,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     wants_usage = stream and include_usage(body)
 
-    async def attempt(target: Target) -> web.StreamResponse:
-        reply = request[REPLY] = Reply(model=record.model or "", created=created, include_usage=wants_usage)
-        upstream = target.adapter.chat_request(body, target.route, stream)
-        if stream:
-            translator = target.adapter.stream_translator(target.route, reply)
-            return await relay_stream(request, target, upstream, translator, _CHAT)
-        data = await call_upstream(request, target, upstream)
-        completion = target.adapter.chat_response(data, target.route, reply)
-        record.add_usage(completion.get("usage"))
-        if not record.total_tokens:  # no usage reported: the answer's text is what we can count
-            choices = completion.get("choices")
-            for choice in choices if isinstance(choices, list) else ():
-                message = choice.get("message") if isinstance(choice, dict) else None
-                reply.relayed_chars += text_chars(message) if isinstance(message, dict) else 0
-        return json_response(completion, headers={DEPLOYMENT_HEADER: target.label})
+    def reply() -> Reply:
+        return Reply(model=record.model or "", created=created, include_usage=wants_usage)
 
+    attempt = hub_attempt(request, body, stream, _CHAT, reply)
     return await with_fallback(request, attempt, lambda: limits.estimate_chat_tokens(body))
 
 
@@ -110,6 +93,3 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return json_response(result, headers={DEPLOYMENT_HEADER: target.label})
 
     return await with_fallback(request, attempt, lambda: limits.estimate_embedding_tokens(body))
-
-
-# -- retries and fallback ----------------------------------------------------------------

@@ -7,23 +7,61 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import orjson
 from aiohttp import web
 
-from gateway.appkeys import HTTP, METRICS, RECORD, RUNTIME, STOPPING
+from gateway.appkeys import HTTP, METRICS, RECORD, REPLY, RUNTIME, STOPPING
 from gateway.balancer import Target
 from gateway.dialects.output import Output
 from gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
 from gateway.pipeline import log_upstream_failure
-from gateway.providers.base import Chunk, StreamTranslator, UpstreamRequest
+from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest, text_chars
 from gateway.sse import Event, EventWriter, SSEDecoder, SSEError
 from gateway.upstream import open_upstream, read_capped
 from gateway.usage import CLIENT_CLOSED, UsageRecord
 
 log = logging.getLogger(__name__)
 
+Json = dict[str, Any]
+
 _LAST_WORD = 0.5  # seconds a stream cut by shutdown may take to send its final event
 DEPLOYMENT_HEADER = "x-gateway-deployment"  # which provider/upstream served the answer
+
+
+def hub_attempt(
+    request: web.Request, hub: Json, stream: bool, output: Output, reply: Callable[[], Reply]
+) -> Callable[[Target], Awaitable[web.StreamResponse]]:
+    """The attempt of every dialect that goes through the hub: the adapter's request
+    for `hub`, the upstream call, the adapter's answer rendered by `output`."""
+
+    async def attempt(target: Target) -> web.StreamResponse:
+        adapter = target.adapter
+        answer = request[REPLY] = reply()
+        upstream = adapter.chat_request(hub, target.route, stream)
+        if stream:
+            translator = adapter.stream_translator(target.route, answer)
+            return await relay_stream(request, target, upstream, translator, output)
+        data = await call_upstream(request, target, upstream)
+        completion = adapter.chat_response(data, target.route, answer)
+        record = request[RECORD]
+        record.add_usage(completion.get("usage"))
+        if not record.total_tokens:  # no usage reported: the answer's text is what we can count
+            choices = completion.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                message = choice.get("message") if isinstance(choice, dict) else None
+                answer.relayed_chars += text_chars(message) if isinstance(message, dict) else 0
+        body = output.render(completion)
+        await output.settle()
+        return json_response(body, headers={DEPLOYMENT_HEADER: target.label})
+
+    return attempt
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 async def call_upstream(request: web.Request, target: Target, upstream: UpstreamRequest) -> bytes:
