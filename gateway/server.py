@@ -332,7 +332,7 @@ class Server(web.Server):
         self.open = 0  # connections not yet closed (aiohttp's dict keeps closing ones a while)
         self.shed = _Report(
             "connection limit (server.max_connections) reached: %(closed)d idle or incomplete connections closed, "
-            "%(refused)d refused (503) in the last 10 s"
+            "%(refused)d refused (503) since the last report"
         )
         self.header_timeouts = _Report(
             "%(closed)d connections closed: request headers not received within server.header_timeout"
