@@ -21,7 +21,7 @@ from gateway.usage import CLIENT_CLOSED, UsageRecord
 
 log = logging.getLogger(__name__)
 
-_ACCOUNTED = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/responses"})
+_ACCOUNTED = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 MAX_MODEL_CHARS = 256  # of a client's `model` string kept in the row: it is the client's text, of any length
 

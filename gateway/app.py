@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import handlers, handlers_responses
+from gateway import handlers, handlers_messages, handlers_responses
 from gateway.accounting import accounting_middleware, echo_request_id
 from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, RESPONSES, STOPPING, USAGE
 from gateway.auth import auth_middleware
@@ -49,6 +49,8 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app.router.add_get("/v1/models/{model:.+}", handlers.get_model)
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/embeddings", handlers.embeddings)
+    app.router.add_post("/v1/messages", handlers_messages.create)
+    app.router.add_post("/v1/messages/count_tokens", handlers_messages.count_tokens)
     responses = handlers_responses
     app.router.add_post("/v1/responses", responses.create)
     app.router.add_post("/v1/responses/input_tokens", responses.input_tokens)

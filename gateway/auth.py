@@ -1,5 +1,6 @@
-"""Bearer-key authentication.  Keys are known only by their sha256; the presented
-key is hashed and looked up, so no key is ever held or compared in clear text."""
+"""Key authentication: `Authorization: Bearer <key>`, or Anthropic's `x-api-key`.
+Keys are known only by their sha256; the presented key is hashed and looked up,
+so no key is ever held or compared in clear text."""
 
 from __future__ import annotations
 
@@ -21,11 +22,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     runtime = request[RUNTIME] = request.app[LIVE].current
     config = runtime.config
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    presented = presented.strip()
+    header = request.headers.get("Authorization")
+    if header is None:  # Anthropic's SDKs send the key as `x-api-key`
+        scheme, presented = "bearer", request.headers.get("x-api-key", "").strip()
+    else:
+        scheme, _, presented = header.partition(" ")
+        presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'.", code="invalid_api_key")
+        raise AuthenticationFailed(
+            "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+            code="invalid_api_key",
+        )
     try:
         digest = hash_key(presented)
     except UnicodeEncodeError:  # aiohttp keeps a non-UTF-8 header byte as a lone surrogate: no key has one

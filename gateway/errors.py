@@ -153,15 +153,31 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into an OpenAI error response; log bugs, never leak them."""
+    """Turn every failure into an error response in the caller's dialect (OpenAI's
+    shape, or Anthropic's for Messages clients); log bugs, never leak them."""
     try:
         return await handler(request)
     except GatewayError as exc:
-        return exc.response()
+        return _respond(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return from_http_exception(exc).response()
+        return _respond(request, from_http_exception(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return GatewayError("The gateway hit an internal error; it has been logged.").response()
+        return _respond(request, GatewayError("The gateway hit an internal error; it has been logged."))
+
+
+def anthropic_client(request: web.Request) -> bool:
+    """A Messages client: on the Messages endpoints, or any call that carries
+    `anthropic-version` (Anthropic's SDKs send it on every request, `/v1/models` too)."""
+    return request.path.startswith("/v1/messages") or "anthropic-version" in request.headers
+
+
+def _respond(request: web.Request, exc: GatewayError) -> web.Response:
+    if not anthropic_client(request):
+        return exc.response()
+    from gateway.dialects.messages.render import render_error  # the dialect imports this module
+
+    status, body = render_error(exc)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=exc.headers)

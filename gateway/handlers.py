@@ -13,7 +13,9 @@ from aiohttp import web
 from gateway import limits
 from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, RUNTIME, USAGE
 from gateway.balancer import Target
+from gateway.dialects.messages.render import render_model, render_models
 from gateway.dialects.output import ChatOutput
+from gateway.errors import InvalidRequest, anthropic_client
 from gateway.metrics import CONTENT_TYPE, check_access
 from gateway.pipeline import with_fallback
 from gateway.providers.base import Reply
@@ -45,13 +47,29 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """The caller's tier's models, in OpenAI's shape, or Anthropic's for its SDKs."""
     models = visible_models(request[RUNTIME].config, request[CALLER].tier)
+    if anthropic_client(request):
+        query = request.query
+        return json_response(
+            render_models(models, limit=_limit(query.get("limit")), after_id=query.get("after_id"),
+                          before_id=query.get("before_id"))
+        )  # fmt: skip
     return json_response({"object": "list", "data": [_model_object(m) for m in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     model = resolve(request[RUNTIME].config, request[CALLER], request.match_info["model"])
-    return json_response(_model_object(model))
+    return json_response(render_model(model) if anthropic_client(request) else _model_object(model))
+
+
+def _limit(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest("limit: must be an integer between 1 and 1000.", param="limit") from None
 
 
 def _model_object(model: Any) -> dict[str, Any]:

@@ -33,11 +33,16 @@ MAX_DEPTH: Final = 128  # levels of nesting, the body object itself being level 
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object; a body that cannot be read (a Content-Encoding it does
-    not match, a broken chunked encoding) is a 400.  A body over the size limit stays
+    """The request's JSON object (see `read_bytes` and `parse_body`)."""
+    return parse_body(await read_bytes(request))
+
+
+async def read_bytes(request: web.Request) -> bytes:
+    """The request's body; a body that cannot be read (a Content-Encoding it does not
+    match, a broken chunked encoding) is a 400.  A body over the size limit stays
     aiohttp's 413 (HTTPRequestEntityTooLarge propagates)."""
     try:
-        data = await request.read()
+        return await request.read()
     except web.RequestPayloadError:
         _drop_connection(request)
         raise InvalidRequest(
@@ -46,7 +51,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
             code="invalid_body",
             headers={"Connection": "close"},  # tells the client not to reuse the connection
         ) from None
-    return parse_body(data)
 
 
 def _drop_connection(request: web.Request) -> None:

@@ -205,7 +205,7 @@ class AnthropicAdapter(Adapter):
             "logprobs": None,
             "finish_reason": _finish_reason(message.get("stop_reason"), called_tools),
         }
-        return reply.completion([choice], _usage(message.get("usage")))
+        return reply.completion([choice], anthropic_usage(message.get("usage")))
 
     def stream_translator(self, route: Route, reply: Reply) -> StreamTranslator:
         return _AnthropicStream(reply, self)
@@ -775,7 +775,7 @@ def _finish_reason(stop_reason: Any, called_tools: bool) -> str:
     return reason
 
 
-def _usage(raw: Any) -> Json | None:
+def anthropic_usage(raw: Any) -> Json | None:
     if not isinstance(raw, dict):
         return None
     read, written = _int(raw.get("cache_read_input_tokens")), _int(raw.get("cache_creation_input_tokens"))
@@ -936,4 +936,4 @@ class _AnthropicStream(StreamTranslator):
         """Usage is cumulative: every value present replaces the one before."""
         if isinstance(raw, dict):
             self.raw_usage.update({k: v for k, v in raw.items() if v is not None})
-            self.usage = _usage(self.raw_usage)
+            self.usage = anthropic_usage(self.raw_usage)
