@@ -129,6 +129,21 @@ class Routing:
 
 
 @dataclass(frozen=True, slots=True)
+class State:
+    """Where the counters every process must share live (`state:`).  Without `redis`,
+    limits, the monthly quota and cool-downs are counted in each process."""
+
+    redis: str | None = None  # redis://host:6379/0 (or rediss://); Valkey speaks the same
+    on_error: str = "open"  # Redis unreachable or slow: "open" admits (and logs), "closed" answers 503
+    timeout_ms: float = 50.0  # one Redis round trip may take this long before on_error applies
+
+
+def is_postgres(database: str) -> bool:
+    """`database` names a PostgreSQL server (a URL) rather than an SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str
     port: int
@@ -149,6 +164,7 @@ class Config:
     keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this long
     max_connections: int | None = None  # per process; None = from the open-file limit (gateway/server.py)
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # largest non-streamed upstream answer read
+    state: State = field(default_factory=State)
     responses_ttl_seconds: float = 30 * 86400.0  # stored Responses (`store: true`) live this long (responses.ttl_days)
 
 
@@ -267,7 +283,7 @@ class _Parser:
         top = self.mapping(
             raw,
             "(top level)",
-            ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics", "responses"),
+            ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics", "responses", "state"),
         )
         responses = self.mapping(top.get("responses"), "responses", ("ttl_days",))
         ttl_days = self.number(responses, "ttl_days", "responses", 30.0)
@@ -289,10 +305,8 @@ class _Parser:
         workers = int(self.number(server, "workers", "server", 1, integer=True))
         connections = self.connections(server)
         routing = self.routing(top.get("routing"))
-        database = top.get("database", "data/gateway.db")
-        if not isinstance(database, str) or not database:
-            self.error("database", "must be a file path")
-            database = "data/gateway.db"
+        database = self.database(top.get("database", "data/gateway.db"))
+        state = self.state(top.get("state"))
 
         providers = dict(self.providers(top.get("providers")))
         models = self.models(top.get("models"), providers)
@@ -320,8 +334,40 @@ class _Parser:
             workers=workers,
             metrics_key_sha256=metrics_key,
             responses_ttl_seconds=ttl_days * 86400.0,
+            state=state,
             **connections,
         )
+
+    def database(self, raw: Any) -> str:
+        """An SQLite file path, or a `postgresql://` URL (`${VAR}` allowed: it holds a password)."""
+        if not isinstance(raw, str) or not raw:
+            self.error("database", "must be a file path or a postgresql:// URL")
+            return "data/gateway.db"
+        value, unset = self.expand(raw, "database")
+        if value is None:
+            self.error("database", f"environment variable {unset} is not set")
+            return "data/gateway.db"
+        return value
+
+    def state(self, raw: Any) -> State:
+        spec = self.mapping(raw, "state", ("redis", "on_error", "timeout_ms"))
+        d = State()
+        redis = None
+        if spec.get("redis") is not None:
+            value, unset = self.expand(str(spec["redis"]), "state.redis")
+            if value is None:
+                self.error("state.redis", f"environment variable {unset} is not set")
+            elif not value.startswith(("redis://", "rediss://", "unix://")):
+                self.error(
+                    "state.redis", f"must be a redis:// (or rediss://, unix://) URL, got {value.split(':')[0]!r}"
+                )
+            else:
+                redis = value
+        on_error = spec.get("on_error", d.on_error)
+        if on_error not in ("open", "closed"):
+            self.error("state.on_error", f"must be 'open' or 'closed', got {on_error!r}")
+            on_error = d.on_error
+        return State(redis=redis, on_error=on_error, timeout_ms=self.number(spec, "timeout_ms", "state", d.timeout_ms))
 
     def connections(self, server: dict[str, Any]) -> dict[str, Any]:
         """The `server.*` limits on client connections and bodies (Config's defaults)."""
