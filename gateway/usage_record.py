@@ -41,6 +41,8 @@ class UsageRecord:
     error_code: str | None = None
     attempts: str | None = None
     tokens_estimated: bool = False  # the token counts are our estimate, not the upstream's report
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it (Anthropic's cache creation)
 
     def add_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI-shaped usage object, tolerating junk."""
@@ -49,6 +51,10 @@ class UsageRecord:
         self.prompt_tokens = _int(usage.get("prompt_tokens"))
         self.completion_tokens = _int(usage.get("completion_tokens"))
         self.total_tokens = _int(usage.get("total_tokens")) or self.prompt_tokens + self.completion_tokens
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict):
+            self.cached_tokens = _int(details.get("cached_tokens"))
+            self.cache_write_tokens = _int(details.get("cache_write_tokens"))
 
 
 COLUMNS: Final = tuple(f.name for f in fields(UsageRecord))

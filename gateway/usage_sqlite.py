@@ -59,6 +59,9 @@ _MIGRATIONS: Final = (
     "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER NOT NULL DEFAULT 0;",
     # v4: how far each spill file has been replayed (bytes), written with the rows
     "CREATE TABLE usage_spill (spill_id TEXT PRIMARY KEY, replayed_bytes INTEGER NOT NULL);",
+    # v5: prompt-cache tokens (reads and writes), both part of prompt_tokens
+    "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
 )
 
 _INSERT: Final = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
