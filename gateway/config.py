@@ -56,6 +56,9 @@ class Provider:
     api_keys: tuple[str, ...] = ()  # every usable key (`api_key` or `api_keys`), tried in turn
     max_concurrency: int | None = None  # upstream calls in flight at once; None = unlimited
     queue_timeout: float = 10.0  # how long a call waits for a free slot before 503
+    # `native`: the server speaks the Responses API itself (OpenAI): /v1/responses passes
+    # through; `translate` (default): Responses requests go through the chat translation
+    responses: str = "translate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +408,7 @@ class _Parser:
         section = self.mapping(raw, where, tuple(raw) if isinstance(raw, dict) else ())
         allowed = (
             "kind", "base_url", "api_key", "api_keys", "headers", "timeouts", "max_tokens", "max_concurrency",
-            "queue_timeout",
+            "queue_timeout", "responses",
         )  # fmt: skip
         for name, spec in section.items():
             here = f"{where}.{name}"
@@ -437,6 +440,11 @@ class _Parser:
             max_tokens = None
             if "max_tokens" in spec:
                 max_tokens = int(self.number(spec, "max_tokens", here, 4096, integer=True))
+            responses = spec.get("responses", "translate")
+            if responses not in ("native", "translate"):
+                self.error(f"{here}.responses", f"must be 'native' or 'translate', got {responses!r}")
+            elif responses == "native" and kind not in (None, "openai"):
+                self.error(f"{here}.responses", "'native' is for kind openai (servers that speak the Responses API)")
             yield (
                 str(name),
                 Provider(
@@ -451,6 +459,7 @@ class _Parser:
                     api_keys=api_keys,
                     max_concurrency=max_concurrency,
                     queue_timeout=self.number(spec, "queue_timeout", here, 10.0, zero=True),
+                    responses="native" if responses == "native" else "translate",
                 ),
             )
 

@@ -9,23 +9,26 @@ the Response is written before the client is told it is complete."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 
 from gateway import limits
 from gateway.appkeys import CALLER, RECORD, RESPONSES, RUNTIME
+from gateway.balancer import Target
 from gateway.dialects.responses.context import ResponseContext
 from gateway.dialects.responses.items import input_items
-from gateway.dialects.responses.output import ResponsesOutput
+from gateway.dialects.responses.output import NativeResponsesOutput, ResponsesOutput
 from gateway.dialects.responses.request import to_hub
 from gateway.dialects.responses.store import MAX_PAGE, ResponseStore, StoreUnavailable
 from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.passthrough import responses_attempt
 from gateway.pipeline import with_fallback
 from gateway.providers.base import Reply
 from gateway.relay import hub_attempt, json_response
 from gateway.routing import resolve
-from gateway.validation import model_of, read_json
+from gateway.validation import model_of, parse_body, read_bytes, read_json
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +36,38 @@ Json = dict[str, Any]
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+    raw = await read_bytes(request)  # the bytes themselves: a native upstream gets them as they are
+    body = parse_body(raw)
     record = request[RECORD]
     record.model = model_of(body)
     key_name = request[CALLER].key.name
     store = request.app[RESPONSES]
-    history, found = await _stored_context(store, key_name, body)
-    hub = to_hub(body, history, found.get)
-    items = input_items(body, found.get)
-    stream = record.stream = hub.get("stream") is True
-    ctx = ResponseContext.from_request(body)
-    output = ResponsesOutput(ctx, store if body.get("store") is not False else None, key_name, items)
+    stream = body.get("stream")
+    if stream is not None and type(stream) is not bool:
+        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    stream = record.stream = stream is True
+    keep = store if body.get("store") is not False else None
+    created = int(time.time())
 
     def reply() -> Reply:  # the hub answer always carries usage: the Response reports it
-        return Reply(model=record.model or "", created=ctx.created_at, include_usage=True)
+        return Reply(model=record.model or "", created=created, include_usage=True)
 
-    attempt = hub_attempt(request, hub, stream, output, reply)
-    return await with_fallback(request, attempt, lambda: limits.estimate_chat_tokens(hub))
+    translated: list[Any] = []  # the hub attempt, built on the first translated target
+
+    async def attempt(target: Target) -> web.StreamResponse:
+        if target.route.provider.responses == "native" and target.adapter is not None:
+            await _owned_previous(store, key_name, body)  # the upstream resolves it; only its owner may ask
+            native = NativeResponsesOutput(keep, key_name, _items_or_none(body))
+            return await responses_attempt(request, raw, body, stream, native, reply())(target)
+        if not translated:
+            history, found = await _stored_context(store, key_name, body)
+            hub = to_hub(body, history, found.get)
+            ctx = ResponseContext.from_request(body)
+            output = ResponsesOutput(ctx, keep, key_name, input_items(body, found.get))
+            translated.append(hub_attempt(request, hub, stream, output, reply))
+        return await translated[0](target)
+
+    return await with_fallback(request, attempt, lambda: _estimate(body))
 
 
 async def retrieve(request: web.Request) -> web.Response:
@@ -128,11 +146,7 @@ async def _stored_context(store: ResponseStore, key_name: str, body: Json) -> tu
                                  code="invalid_type")  # fmt: skip
         history = await _guard(store.conversation(key_name, previous))
         if history is None:  # unknown, expired, deleted, or another key's: all alike
-            raise InvalidRequest(
-                f"Previous response with id '{previous}' not found.",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
+            raise _previous_not_found(previous)
     references = [
         item["id"]
         for item in (body.get("input") if type(body.get("input")) is list else ())
@@ -140,6 +154,29 @@ async def _stored_context(store: ResponseStore, key_name: str, body: Json) -> tu
     ]
     found = await _guard(store.find_items(key_name, references)) if references else {}
     return history, found
+
+
+async def _owned_previous(store: ResponseStore, key_name: str, body: Json) -> None:
+    """A native upstream resolves `previous_response_id` itself, across the gateway's
+    whole account: the gateway's own copy says whether this caller owns it."""
+    previous = body.get("previous_response_id")
+    if previous is not None and (type(previous) is not str or await _guard(store.get(key_name, previous)) is None):
+        raise _previous_not_found(previous)
+
+
+def _items_or_none(body: Json) -> list[Json]:
+    """The input items kept with a native response's copy; references the upstream
+    resolves (item_reference) are not ours to read, so then none are kept."""
+    try:
+        return input_items(body)
+    except InvalidRequest:
+        return []
+
+
+def _estimate(body: Json) -> int:
+    """The prompt estimate for the limits, from the body as sent (built-in tools and all)."""
+    return limits.estimate_chat_tokens({"messages": [body.get("instructions"), body.get("input")],
+                                        "tools": body.get("tools")})  # fmt: skip
 
 
 async def _guard(call: Any) -> Any:
@@ -156,6 +193,14 @@ async def _guard(call: Any) -> Any:
 
 def _id(request: web.Request) -> str:
     return request.match_info["response_id"]
+
+
+def _previous_not_found(previous: Any) -> GatewayError:
+    return InvalidRequest(
+        f"Previous response with id '{previous}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
 
 
 def _not_found(response_id: str) -> GatewayError:

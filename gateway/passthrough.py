@@ -1,6 +1,7 @@
 """Native passthrough: the client's dialect is the upstream's own protocol.
 
-A Messages request to an Anthropic upstream goes up with only `model` rewritten,
+The same for a Responses request to an OpenAI-kind server marked `responses:
+native`.  A Messages request to an Anthropic upstream goes up with only `model` rewritten,
 byte for byte otherwise (thinking signatures are byte-sensitive, `cache_control`
 keeps its `ttl`, server tools and documents pass as they are), with the client's
 `anthropic-version` and `anthropic-beta` headers.  The answer comes back as the
@@ -21,8 +22,9 @@ from aiohttp import web
 from gateway.appkeys import RECORD, REPLY
 from gateway.balancer import Target
 from gateway.dialects.output import Output
+from gateway.dialects.responses.output import NativeResponsesOutput
 from gateway.providers.anthropic import ANTHROPIC_VERSION, anthropic_usage
-from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest, truncated
+from gateway.providers.base import Chunk, Reply, StreamTranslator, UpstreamRequest, truncated, usage_dict
 from gateway.relay import DEPLOYMENT_HEADER, call_upstream, relay_stream
 from gateway.sse import Event
 
@@ -115,3 +117,93 @@ class MessagesRelay(StreamTranslator):
         if not self.stopped:
             raise truncated(self.adapter.provider)
         return []
+
+
+# -- the Responses API to an OpenAI-kind server marked `responses: native` ----------------
+
+
+def responses_request(target: Target, raw: bytes, body: Json) -> UpstreamRequest:
+    provider = target.route.provider
+    headers = {"Content-Type": "application/json", **provider.headers}
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
+    payload = rewrite_model(raw, body, target.route.model.upstream)
+    return UpstreamRequest(f"{provider.base_url}/responses", headers, payload)
+
+
+def responses_attempt(
+    request: web.Request, raw: bytes, body: Json, stream: bool, output: NativeResponsesOutput, reply: Reply
+) -> Any:
+    """The attempt for a Responses request whose target serves the Responses API itself."""
+
+    async def attempt(target: Target) -> web.StreamResponse:
+        request[REPLY] = reply
+        upstream = responses_request(target, raw, body)
+        if stream:
+            return await relay_stream(request, target, upstream, ResponsesRelay(reply, target, output), output)
+        data = await call_upstream(request, target, upstream)
+        response = target.adapter.parse_json(data)
+        if "error" in response and response.get("object") != "response":
+            raise target.adapter.error_from_body(200, response, {})
+        request[RECORD].add_usage(hub_usage(response.get("usage")))
+        output.final = response
+        await output.settle()
+        return web.Response(body=data, content_type="application/json", headers={DEPLOYMENT_HEADER: target.label})
+
+    return attempt
+
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TEXT_DELTAS = frozenset(
+    {"response.output_text.delta", "response.function_call_arguments.delta", "response.reasoning_summary_text.delta"}
+)
+
+
+class ResponsesRelay(StreamTranslator):
+    """A Responses event stream relayed as it comes.  The terminal event gives the
+    usage and the Response (kept for the gateway's copy); an `error` event is raised."""
+
+    def __init__(self, reply: Reply, target: Target, output: NativeResponsesOutput) -> None:
+        super().__init__(reply)
+        self.adapter = target.adapter
+        self.output = output
+        self.ended = False
+
+    def feed(self, event: Event) -> list[Chunk]:
+        name = event.event
+        if name in _TEXT_DELTAS:
+            delta = orjson.loads(event.data).get("delta")
+            if type(delta) is str:
+                self.reply.relayed_chars += len(delta)
+        elif name in _TERMINAL:
+            response = self.adapter.parse_json(event.data).get("response")
+            if type(response) is dict:
+                self.usage = hub_usage(response.get("usage"))
+                self.output.final = response
+            self.ended = True
+        elif name == "error":
+            data = self.adapter.parse_json(event.data)
+            raise self.adapter.error_from_body(200, data if "error" in data else {"error": data}, {})
+        head = b"event: " + name.encode() + b"\n" if name else b""
+        return [head + b"data: " + event.data + b"\n\n"]
+
+    def finish(self) -> list[Chunk]:
+        if not self.ended:
+            raise truncated(self.adapter.provider)
+        return []
+
+
+def hub_usage(usage: Any) -> Json | None:
+    """A Responses `usage` in the hub's (chat) terms, for the row and the limits."""
+    if type(usage) is not dict:
+        return None
+    details_in = usage.get("input_tokens_details") if type(usage.get("input_tokens_details")) is dict else {}
+    details_out = usage.get("output_tokens_details") if type(usage.get("output_tokens_details")) is dict else {}
+    return usage_dict(
+        _count(usage.get("input_tokens")), _count(usage.get("output_tokens")),
+        cached=_count(details_in.get("cached_tokens")), reasoning=_count(details_out.get("reasoning_tokens")),
+    )  # fmt: skip
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0

@@ -61,3 +61,29 @@ class ChatOutput:
 
     async def settle(self) -> None:
         return None
+
+
+class RelayedOutput:
+    """An upstream's own answer in the client's own protocol (native passthrough):
+    the chunks are its events, already framed, passed on untouched.  Subclasses say
+    how a failure the gateway itself reports is written, and which ping to send."""
+
+    ping = COMMENT_PING
+
+    def render(self, completion: Json) -> Json:
+        return completion
+
+    def open(self) -> bytes:
+        return b""
+
+    def chunks(self, chunks: list[Chunk]) -> bytes:
+        return b"".join(c for c in chunks if type(c) is bytes)
+
+    def close(self, usage: Json | None) -> bytes:
+        return b""
+
+    def fail(self, error: GatewayError) -> bytes:
+        raise NotImplementedError
+
+    async def settle(self) -> None:
+        return None

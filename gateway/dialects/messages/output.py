@@ -13,6 +13,7 @@ import orjson
 
 from gateway.dialects.messages.render import MessageContext, render_error, render_message
 from gateway.dialects.messages.stream import MessageStream, frame
+from gateway.dialects.output import RelayedOutput
 from gateway.errors import GatewayError
 from gateway.providers.base import Chunk
 
@@ -55,28 +56,13 @@ class MessagesOutput:
         return None
 
 
-class NativeMessagesOutput:
-    """Chunks are the upstream's events, already framed: passed on untouched."""
+class NativeMessagesOutput(RelayedOutput):
+    """An Anthropic upstream's events, passed on untouched."""
 
     ping = PING
 
-    def render(self, completion: Json) -> Json:
-        return completion
-
-    def open(self) -> bytes:
-        return b""
-
-    def chunks(self, chunks: list[Chunk]) -> bytes:
-        return b"".join(c for c in chunks if type(c) is bytes)
-
-    def close(self, usage: Json | None) -> bytes:
-        return b""
-
     def fail(self, error: GatewayError) -> bytes:
         return error_event(error)
-
-    async def settle(self) -> None:
-        return None
 
 
 def _frames(events: list[Json]) -> bytes:
