@@ -154,6 +154,7 @@ class Target:
     label: str
     service: str  # which process answers
     model: str
+    dialect: str = "chat"  # what the client speaks: chat, responses (/v1/responses) or messages (/v1/messages)
 
 
 TARGETS = (
@@ -162,13 +163,26 @@ TARGETS = (
     Target("openai", "gateway, OpenAI passthrough", "gateway", "gpt-4o-mini"),
     Target("anthropic", "gateway, Anthropic-translated", "gateway", "claude-3-5-sonnet-20241022"),
     Target("gemini", "gateway, Gemini-translated", "gateway", "gemini-2.0-flash"),
+    Target("responses", "gateway, Responses -> OpenAI chat", "gateway", "gpt-4o-mini", "responses"),
+    Target("messages", "gateway, Messages passthrough", "gateway", "claude-3-5-sonnet-20241022", "messages"),
+    Target("messages-openai", "gateway, Messages -> OpenAI chat", "gateway", "gpt-4o-mini", "messages"),
 )
+PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
 
 
-def body(model: str, mode: str) -> bytes:
-    data: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
-    if mode == "stream":  # usage on, as most clients ask (and as the gateway asks upstream anyway)
-        data |= {"stream": True, "stream_options": {"include_usage": True}}
+def body(target: Target, mode: str) -> bytes:
+    message = [{"role": "user", "content": PROMPT}]
+    data: dict[str, Any]
+    if target.dialect == "responses":
+        data = {"model": target.model, "input": message}
+    elif target.dialect == "messages":
+        data = {"model": target.model, "max_tokens": 256, "messages": message}
+    else:
+        data = {"model": target.model, "messages": message}
+        if mode == "stream":  # usage on, as most clients ask (and as the gateway asks upstream anyway)
+            data["stream_options"] = {"include_usage": True}
+    if mode == "stream":
+        data["stream"] = True
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -177,7 +191,7 @@ def gateway_config(mock_port: int, db: Path, workers: int) -> dict[str, Any]:
     server: dict[str, Any] = {"host": "127.0.0.1", "port": 8080}
     if workers > 1:
         server["workers"] = workers
-    models = [t.model for t in TARGETS if t.service == "gateway"]
+    models = sorted({t.model for t in TARGETS if t.service == "gateway"})
     return {
         "server": server,
         "database": str(db),
@@ -224,7 +238,7 @@ class Bench:
         self.urls = {
             "mock": upstream_url,
             "pipe": f"http://127.0.0.1:{pipe_port}/v1/chat/completions",
-            "gateway": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "gateway": f"http://127.0.0.1:{gw_port}",
         }
 
     def new_gateway(self) -> Service:
@@ -259,6 +273,8 @@ class Bench:
                 self.services[name].stop()
 
     def url(self, target: Target) -> str:
+        if target.service == "gateway":
+            return self.urls["gateway"] + PATHS[target.dialect]
         return self.urls[target.service]
 
     def gateway_pid(self) -> int:
@@ -364,10 +380,11 @@ async def probe(url: str, data: bytes, mode: str) -> str | None:
         except (ValueError, KeyError, TypeError):
             message = text[:120]
         return f"HTTP {resp.status}: {message}"
-    if mode == "stream" and "data: [DONE]" not in text:
-        return "stream did not end with data: [DONE]"
-    if mode == "non-stream" and '"choices"' not in text:
-        return "answer without choices"
+    ends = {"data: [DONE]", "response.completed", "message_stop"}  # chat, Responses, Messages
+    if mode == "stream" and not any(end in text for end in ends):
+        return "stream did not reach its end event"
+    if mode == "non-stream" and not any(key in text for key in ('"choices"', '"output"', '"content"')):
+        return "answer without content"
     return None
 
 
@@ -421,7 +438,7 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
     cells = {(t.key, m, c): Cell(t, m, c) for t in targets for m in MODES for c in args.conns}
     for target in targets:
         for mode in MODES:
-            why = asyncio.run(probe(bench.url(target), body(target.model, mode), mode))
+            why = asyncio.run(probe(bench.url(target), body(target, mode), mode))
             if why:
                 progress(f"{target.label}, {mode}: unavailable ({why})")
                 for c in args.conns:
@@ -435,7 +452,7 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
     for target in targets:  # warm pools and caches at the highest concurrency
         for mode in MODES:
             if not cells[(target.key, mode, args.conns[0])].unavailable:
-                count(target, loader.run(bench.url(target), (body(target.model, mode),), max(args.conns), 1).requests)
+                count(target, loader.run(bench.url(target), (body(target, mode),), max(args.conns), 1).requests)
     # every target runs back to back for one cell before the next cell, and the rounds
     # repeat that: a slow spell on a shared machine hits neighbours in the table alike
     for round_no in range(args.runs):
@@ -448,7 +465,7 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
                         continue
                     pid = bench.services[target.service].pid
                     cpu = cpu_seconds(pid)
-                    result = loader.run(bench.url(target), (body(target.model, mode),), conns, args.duration)
+                    result = loader.run(bench.url(target), (body(target, mode),), conns, args.duration)
                     result.cpu_s = cpu_seconds(pid) - cpu
                     cell.runs.append(result)
                     count(target, result.requests)
@@ -461,7 +478,7 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
                 cell = cells[(target.key, "stream", 1)]
                 if cell.unavailable:
                     continue
-                value = asyncio.run(ttfb(bench.url(target), body(target.model, "stream"), args.ttfb_samples))
+                value = asyncio.run(ttfb(bench.url(target), body(target, "stream"), args.ttfb_samples))
                 cell.ttfbs.append(value)
                 count(target, args.ttfb_samples + 20)
                 progress(f"{tag} TTFB, {target.label}: p50 {value:.3f} ms")
@@ -559,16 +576,16 @@ def verdict(ok: bool) -> str:
 
 def soak(bench: Bench, loader: Loader, args: argparse.Namespace, targets: list[Target]) -> list[str]:
     """N mixed requests on a freshly started gateway; RSS after the first 10% and at the end."""
-    mix: list[bytes] = []
-    for target in [t for t in targets if t.service == "gateway"]:
+    mix: list[bytes] = []  # one URL takes every request of the mix: the chat targets'
+    for target in [t for t in targets if t.service == "gateway" and t.dialect == "chat"]:
         for mode in MODES:
-            if asyncio.run(probe(bench.url(target), body(target.model, mode), mode)) is None:
-                mix.append(body(target.model, mode))
+            if asyncio.run(probe(bench.url(target), body(target, mode), mode)) is None:
+                mix.append(body(target, mode))
     if not mix:
         return ["- soak: skipped, no gateway target answers"]
     progress(f"soak: restarting the gateway, then {args.soak:,} requests mixing {len(mix)} request kinds")
     bench.restart_gateway()
-    pid, url, bodies = bench.gateway_pid(), bench.urls["gateway"], tuple(mix)
+    pid, url, bodies = bench.gateway_pid(), bench.urls["gateway"] + PATHS["chat"], tuple(mix)
     start_rss = rss_kib(pid)
     done, errors, rate = 0, 0, 0.0
     marks: list[tuple[int, int]] = []
@@ -612,7 +629,7 @@ def profile(bench: Bench, loader: Loader, args: argparse.Namespace, targets: lis
     ]
     for target in [t for t in targets if t.service == "gateway"]:
         for mode in MODES:
-            data = (body(target.model, mode),)
+            data = (body(target, mode),)
             if asyncio.run(probe(bench.url(target), data[0], mode)):
                 continue
             raw = outdir / f"{target.key}-{mode}.txt"
