@@ -227,8 +227,13 @@ def _check_parts(parts: Any, where: str, role: str) -> None:
 
 
 def _check_base64(value: Any, where: str) -> None:
+    """A bytes field in JSON: protobuf's JSON form reads standard and URL-safe base64
+    alike, so Google's documented placeholder signatures (plain words) pass too."""
     try:
-        base64.b64decode(value, validate=True)
+        text = value if isinstance(value, str) else ""
+        base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+        if not isinstance(value, str):
+            raise TypeError
     except (binascii.Error, TypeError, ValueError):
         raise invalid(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{value}\"") from None
 
