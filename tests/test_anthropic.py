@@ -1097,7 +1097,9 @@ async def test_error_event_mid_stream_is_the_final_event(slow_anthropic: Any) ->
 
 
 async def test_error_event_bytes_on_the_wire(slow_anthropic: Any, http: Any) -> None:
-    gw = await slow_anthropic(anthropic_sse(message_start()), fixture_bytes("anthropic_stream_error_overloaded.sse"))
+    # the role chunk goes out with the first block (its `content` depends on the block's kind)
+    first = anthropic_sse(message_start(), *text_block(0)[:1])
+    gw = await slow_anthropic(first, fixture_bytes("anthropic_stream_error_overloaded.sse"))
     body = {"model": "claude-small", "messages": HELLO, "stream": True}
     async with http.post(f"{gw.url}/chat/completions", json=body, headers=AUTH) as resp:
         events = sse_data(await resp.read())

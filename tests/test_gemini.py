@@ -510,23 +510,6 @@ async def test_gemini3_signature_round_trip_streamed(gem: Any) -> None:
     assert sent.json["contents"][1]["parts"][0]["thoughtSignature"] == GEMINI3_SIGNATURE
 
 
-async def test_gemini3_without_signature_is_googles_400(gem: Any) -> None:
-    """A client that rewrites tool call ids loses the signature; Google's 400 reaches it intact."""
-    gw, fake, _ = gem
-    messages = [
-        {"role": "user", "content": "Weather in San Francisco?"},
-        {
-            "role": "assistant",
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "foggy"},
-    ]
-    with pytest.raises(openai.BadRequestError) as exc:
-        await gw.client().chat.completions.create(model="gem-3", messages=messages, tools=[WEATHER_TOOL])
-    assert "thought_signature" in exc.value.message
-    validate_error({"error": exc.value.body})
-
-
 async def test_thinking_stream_reasoning_content_then_tool_call(gem: Any) -> None:
     gw, fake, _ = gem
     fake.script(sse_reply(stream_bytes("gemini_stream_thought_then_function_call.sse"), "split_utf8"))

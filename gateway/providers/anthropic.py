@@ -13,6 +13,10 @@ where the two APIs do not line up, all deliberate:
   (".") in front, because the API insists on a user turn first.  The OpenAI rules
   on tool calls (every call answered by the next `tool` messages, no stray results)
   are checked here and answered with OpenAI's 400, naming the message.
+- **Tool-call ids** from another provider that Anthropic would refuse (Kimi's
+  `functions.Bash:0`) or that carry another provider's state (Gemini's signed
+  ids) go up in a short deterministic form, the same for the `tool_use` and its
+  `tool_result` (tool_ids.py); Anthropic's own ids go up as they are.
 - **max_tokens.**  Anthropic requires it: when the client sends neither
   `max_completion_tokens` nor `max_tokens`, the model's `max_tokens:` from the
   config is used, else the provider's, else `DEFAULT_MAX_TOKENS` (4096).
@@ -85,6 +89,7 @@ import orjson
 
 from gateway.dialects import fields
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.providers import tool_ids
 from gateway.providers.base import (
     Adapter,
     Json,
@@ -306,7 +311,8 @@ def _conversation(messages: list[Any]) -> tuple[list[Json], list[Json]]:
                 blocks = _user_blocks(message.get("content"), where)
             elif role == "assistant":
                 blocks = _assistant_blocks(message, where)
-                pending = {b["id"]: i for b in blocks if b["type"] == "tool_use"}
+                # the client's ids (errors name them); the blocks carry the ones Anthropic accepts
+                pending = {call["id"]: i for call in message.get("tool_calls") or ()}
             else:
                 raise InvalidRequest(
                     f"{where}.role '{role}' is not supported by Anthropic models; use 'tool' messages.",
@@ -444,7 +450,7 @@ def _assistant_blocks(message: Json, where: str) -> list[Json]:
         raise InvalidRequest(f"{where}.tool_calls must be an array.", param=f"{where}.tool_calls")
     for j, call in enumerate(calls):
         call_id, name, args = tool_arguments(call, f"{where}.tool_calls[{j}]")
-        blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": args})
+        blocks.append({"type": "tool_use", "id": tool_ids.for_anthropic(call_id), "name": name, "input": args})
     return blocks
 
 
@@ -458,7 +464,7 @@ def _tool_result(message: Json, where: str, pending: dict[str, int]) -> Json:
             code="invalid_value",
         )
     del pending[call_id]
-    block: Json = {"type": "tool_result", "tool_use_id": call_id}
+    block: Json = {"type": "tool_result", "tool_use_id": tool_ids.for_anthropic(call_id)}
     text = text_of(message.get("content"), where)
     if text.strip():
         block["content"] = text
@@ -803,7 +809,9 @@ class _AnthropicStream(StreamTranslator):
     """Messages API events -> OpenAI chunks, one event at a time.
 
     Content blocks are tracked by Anthropic's block index; tool calls get their
-    own running OpenAI index (a text block before a tool must not shift it)."""
+    own running OpenAI index (a text block before a tool must not shift it).  The
+    role chunk waits for the first block, which decides its `content`: null before
+    a tool call, "" otherwise, as OpenAI opens its own streams."""
 
     def __init__(self, reply: Reply, adapter: AnthropicAdapter) -> None:
         super().__init__(reply)
@@ -814,6 +822,7 @@ class _AnthropicStream(StreamTranslator):
         self.raw_usage: Json = {}
         self.stop_reason: Any = None
         self.stopped = False
+        self.opened = False  # the role chunk went out
 
     def feed(self, event: Event) -> list[Json]:
         if self.stopped:
@@ -837,11 +846,17 @@ class _AnthropicStream(StreamTranslator):
         if isinstance(message.get("id"), str) and message["id"]:
             self.reply.id = message["id"]  # before the first chunk: the id never changes mid-stream
         self._take_usage(message.get("usage"))
-        return [self.reply.delta({"role": "assistant", "content": ""})]
+        return []  # the role chunk goes out with the first block (_open)
 
     def _on_content_block_start(self, data: Json) -> list[Json]:
         block = data.get("content_block") if isinstance(data.get("content_block"), dict) else {}
-        index, kind = data.get("index"), block.get("type")
+        if self.opened:
+            return self._start_block(data.get("index"), block)
+        tool_call = block.get("type") == "tool_use" and block.get("name") != JSON_TOOL
+        return self._open(None if tool_call else "") + self._start_block(data.get("index"), block)
+
+    def _start_block(self, index: Any, block: Json) -> list[Json]:
+        kind = block.get("type")
         state: Json = {"type": kind, "args": False}
         self.blocks[index] = state
         if kind == "text":
@@ -901,7 +916,7 @@ class _AnthropicStream(StreamTranslator):
 
     def _on_message_stop(self, data: Json) -> list[Json]:
         self.stopped = True
-        out = []
+        out = self._open("")  # an answer without a single block
         signature = encode_reasoning(self.thinking)
         if signature:
             out.append(self.reply.delta({"reasoning_signature": signature}))
@@ -917,6 +932,12 @@ class _AnthropicStream(StreamTranslator):
     }
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _open(self, content: str | None) -> list[Json]:
+        if self.opened:
+            return []
+        self.opened = True
+        return [self.reply.delta({"role": "assistant", "content": content})]
 
     def _content(self, text: str) -> list[Json]:
         return [self.reply.delta({"content": text})] if text else []

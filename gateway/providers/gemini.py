@@ -26,6 +26,13 @@ Translation choices worth knowing (the rest is a plain field-by-field mapping):
   padding (Google sends standard base64; only `+`, `/` and the padding change, so
   the round trip is exact).  The alphabet stays within `[A-Za-z0-9_-]`, so the id
   is valid wherever tool ids are restricted.  Nothing is stored on the gateway.
+  Other upstreams get such ids in a short form without the signature (tool_ids.py).
+* Calls Gemini did not sign (another provider's, in a conversation that switched
+  model; or a client that rewrote the id): Gemini 3 refuses a model turn whose
+  first `functionCall` has no signature, so that part gets Google's documented
+  placeholder `skip_thought_signature_validator` (dialects.md C6).  Only the first
+  call of an assistant message: Gemini signs only the first of parallel calls, and
+  its own round trips stay byte for byte.  Older models need no signature.
 * `reasoning_effort`: Gemini 3 (`gemini-3*`) gets `thinkingLevel` - `none`,
   `minimal`, `low` -> LOW; `medium` (OpenAI's default), `high`, `xhigh`, `max` ->
   HIGH (Gemini 3's default), the two levels every Gemini 3 model accepts.  Older
@@ -208,6 +215,7 @@ _RPC_STATUS: Final = {
 }
 
 _SIG_MARK: Final = "__ts_"
+_NO_SIGNATURE: Final = "skip_thought_signature_validator"  # Google's placeholder for calls it did not issue
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
 _BASE64: Final = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
@@ -336,7 +344,7 @@ def gemini_request(body: Json, upstream: str) -> Json:
         )
     reject_unsupported(body, "Gemini", _CHAT_FIELDS, _HARMLESS)
     messages = body.get("messages") or []
-    system, contents = _contents(messages)
+    system, contents = _contents(messages, _gemini3(upstream))
     if not contents:  # Gemini needs a user turn; OpenAI accepts system-only requests
         system, contents = [], [{"role": "user", "parts": system}]
     request: Json = {"contents": contents}
@@ -356,8 +364,9 @@ def gemini_request(body: Json, upstream: str) -> Json:
     return request
 
 
-def _contents(messages: list[Any]) -> tuple[list[Json], list[Json]]:
-    """(systemInstruction parts, contents) with consecutive same-role turns merged."""
+def _contents(messages: list[Any], signed_calls: bool) -> tuple[list[Json], list[Json]]:
+    """(systemInstruction parts, contents) with consecutive same-role turns merged;
+    `signed_calls`: the model refuses a turn whose first call carries no signature."""
     names = tool_names_by_id(messages)
     system: list[Json] = []
     contents: list[Json] = []
@@ -373,7 +382,7 @@ def _contents(messages: list[Any]) -> tuple[list[Json], list[Json]]:
         if role == "user":
             turn, parts = "user", _user_parts(message.get("content"), where)
         elif role == "assistant":
-            turn, parts = "model", _assistant_parts(message, where)
+            turn, parts = "model", _assistant_parts(message, where, signed_calls)
         elif role == "tool":
             turn, parts = "user", [_function_response(message, where, names)]
         else:
@@ -457,7 +466,7 @@ def _file_part(part: Json, where: str) -> Json:
     return {"inlineData": {"mimeType": mime, "data": data}}
 
 
-def _assistant_parts(message: Json, where: str) -> list[Json]:
+def _assistant_parts(message: Json, where: str, signed_calls: bool) -> list[Json]:
     out: list[Json] = []
     text = text_of(message.get("content"), where)
     if text:
@@ -471,6 +480,8 @@ def _assistant_parts(message: Json, where: str) -> list[Json]:
         signature = signature_of(call_id)
         if signature:
             part["thoughtSignature"] = signature
+        elif k == 0 and signed_calls:
+            part["thoughtSignature"] = _NO_SIGNATURE
         out.append(part)
     return out
 
@@ -826,9 +837,14 @@ def _response_format(spec: Any, config: Json) -> None:
     )
 
 
+def _gemini3(upstream: str) -> bool:
+    """Gemini 3 models think in levels and insist on signed function calls."""
+    return upstream.removeprefix("models/").startswith("gemini-3")
+
+
 def _thinking(effort: str, upstream: str) -> Json:
     thinking: Json = {"includeThoughts": effort != "none"}
-    if upstream.removeprefix("models/").startswith("gemini-3"):
+    if _gemini3(upstream):
         thinking["thinkingLevel"] = _LEVELS.get(effort, "HIGH")
     else:
         thinking["thinkingBudget"] = _BUDGETS.get(effort, _MAX_BUDGET)
@@ -906,6 +922,16 @@ def _check_finish(candidate: Json) -> str | None:
             code="missing_thought_signature",
         )
     return reason
+
+
+def _opens_with_call(candidate: Json) -> bool:
+    """Whether a candidate opens with a function call rather than text or a thought."""
+    for part in _parts(candidate):
+        if isinstance(part.get("functionCall"), dict):
+            return True
+        if isinstance(part.get("text"), str) and part["text"]:
+            return False
+    return False
 
 
 def _finish_reason(reason: str | None, called: bool) -> str:
@@ -1059,17 +1085,19 @@ class _GeminiStream(StreamTranslator):
         for position, candidate in enumerate(candidates):
             index = _index(candidate, position)
             reason = _check_finish(candidate)
-            out += self._start(index)
+            if index not in self.started:
+                out += self._start(index, None if _opens_with_call(candidate) else "")
             out += self._deltas(candidate, index)
             if reason is not None:
                 self.reasons[index] = reason
         return out
 
-    def _start(self, index: int) -> list[Json]:
+    def _start(self, index: int, content: str | None = "") -> list[Json]:
+        """The role chunk of a choice; `content` null before a tool call, as OpenAI sends it."""
         if index in self.started:
             return []
         self.started.add(index)
-        return [self.reply.delta({"role": "assistant", "content": ""}, None, index)]
+        return [self.reply.delta({"role": "assistant", "content": content}, None, index)]
 
     def _deltas(self, candidate: Json, index: int) -> list[Json]:
         out: list[Json] = []

@@ -1,8 +1,10 @@
 """OpenAI and every OpenAI-compatible server (DeepSeek, Qwen, Moonshot, vLLM, Ollama...).
 
 Near pass-through: the body goes up unchanged but for `model` (rewritten to the
-upstream name) and `stream_options.include_usage` (always on, so usage is logged
-even when the client did not ask; the usage chunk is then dropped on the way back).
+upstream name), `stream_options.include_usage` (always on, so usage is logged
+even when the client did not ask; the usage chunk is then dropped on the way back)
+and tool-call ids over OpenAI's 40 characters, another provider's (a Gemini id
+carries its thought signature), which go up in their short form (tool_ids.py).
 Chunks are rewritten only where the contract demands it: the stable `id`, `created`
 and the `model` the client asked for.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
+from gateway.providers import tool_ids
 from gateway.providers.base import (
     Adapter,
     Chunk,
@@ -43,6 +46,9 @@ class OpenAIAdapter(Adapter):
         if stream:
             options = body.get("stream_options")
             upstream["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        messages = upstream.get("messages")
+        if type(messages) is list and (fitted := tool_ids.openai_messages(messages)) is not None:
+            upstream["messages"] = fitted  # a copy: the client's body is not ours to change
         return self._request("/chat/completions", upstream)
 
     def chat_response(self, data: bytes, route: Route, reply: Reply) -> Json:
