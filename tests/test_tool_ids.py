@@ -345,3 +345,16 @@ async def test_streams_open_as_openai_does(
     assert first_delta(fixture_bytes("openai_chunks_text_usage.sse"))["content"] == ""
     assert await opening(providers, http, model, tool_call) == {"role": "assistant", "content": None}
     assert await opening(providers, http, model, text) == {"role": "assistant", "content": ""}
+
+
+def test_the_gateways_own_reasoning_signature_never_reaches_an_openai_kind_server() -> None:
+    from gateway.providers.tool_ids import openai_messages
+
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "ok", "reasoning_content": "thought", "reasoning_signature": "EqQBCkgIAR"},
+    ]
+    fitted = openai_messages(messages)
+    assert fitted is not None and fitted[1] == {"role": "assistant", "content": "ok", "reasoning_content": "thought"}
+    assert messages[1]["reasoning_signature"] == "EqQBCkgIAR"  # the client's body is untouched
+    assert openai_messages(messages[:1]) is None  # nothing to change: the body goes up as it came

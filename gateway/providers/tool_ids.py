@@ -45,15 +45,20 @@ def for_anthropic(call_id: str) -> str:
 
 def openai_messages(messages: list[Any]) -> list[Any] | None:
     """`messages` with every tool-call id OpenAI would refuse replaced by its short
-    form, or None when all fit (the body then goes up untouched).  Copies what it
-    changes: the hub body is shared with later attempts, which may go to another
-    provider (Gemini needs its long ids back)."""
+    form, and without the gateway's own `reasoning_signature` (provider state for
+    Anthropic or Gemini, meaningless to an OpenAI-compatible server, and an unknown
+    field to OpenAI), or None when nothing needs it (the body then goes up
+    untouched).  Copies what it changes: the hub body is shared with later attempts,
+    which may go to another provider (Gemini needs its long ids back)."""
     fitted: list[Any] | None = None
     for i, message in enumerate(messages):  # objects: validation.check_chat saw to it
-        # the hot path: a message without tool calls costs two key lookups, nothing more
-        if "tool_calls" not in message and "tool_call_id" not in message:
+        # the hot path: a plain message costs three key lookups, nothing more
+        if "tool_calls" not in message and "tool_call_id" not in message and "reasoning_signature" not in message:
             continue
         changed = _fit_message(message)
+        if "reasoning_signature" in message:
+            changed = dict(changed or message)
+            del changed["reasoning_signature"]
         if changed is not None:
             if fitted is None:
                 fitted = list(messages)
