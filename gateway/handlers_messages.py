@@ -45,7 +45,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
 
     def reply() -> Reply:  # the hub answer always carries usage: the Messages answer reports it
-        return Reply(model=record.model or "", created=created, include_usage=True)
+        return Reply(model=record.model or "", created=created, include_usage=True, as_bytes=False)
 
     native = messages_attempt(request, raw, body, stream, NativeMessagesOutput(), reply())
     translated: list[Any] = []  # the hub attempt, built on the first non-Anthropic target

@@ -50,7 +50,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
 
     def reply() -> Reply:  # the hub answer always carries usage: the Response reports it
-        return Reply(model=record.model or "", created=created, include_usage=True)
+        return Reply(model=record.model or "", created=created, include_usage=True, as_bytes=False)
 
     translated: list[Any] = []  # the hub attempt, built on the first translated target
 

@@ -56,6 +56,9 @@ class Reply:
     include_usage: bool = False
     # characters of answer text sent so far: the completion estimate when no usage comes
     relayed_chars: int = 0
+    # a chunk may be handed on as the upstream's own JSON bytes (chat clients); dialects
+    # that re-render every chunk want the parsed dict instead of bytes to parse again
+    as_bytes: bool = True
 
     def chunk(self, choices: list[Json], usage: Json | None = None) -> Json:
         out: Json = {

@@ -144,7 +144,7 @@ class _OpenAIStream(StreamTranslator):
                 self.finished = True
             if type(delta := choice["delta"]) is dict:
                 reply.relayed_chars += text_chars(delta)
-        if as_is:
+        if as_is and reply.as_bytes:
             passed = self._as_is(event.data, chunk)
             if passed is not None:
                 return [passed]

@@ -61,7 +61,7 @@ class ResponsesOutput(_Stored):
         return _frames(self.stream.start())
 
     def chunks(self, chunks: list[Chunk]) -> bytes:
-        feed = self.stream.feed
+        feed = self.stream.feed  # the Reply asked for dicts (as_bytes=False); bytes only from an odd path
         return b"".join(
             _frames(feed(orjson.loads(c) if type(c) is bytes else c))  # type: ignore[arg-type]
             for c in chunks
