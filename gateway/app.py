@@ -16,10 +16,11 @@ from gateway.auth import auth_middleware
 from gateway.config import Config
 from gateway.dialects.responses.store import ResponseStore, open_response_store
 from gateway.errors import error_middleware
-from gateway.limits import InProcessLimiter, Limiter, load_month_usage
+from gateway.limits import Limiter, load_month_usage
 from gateway.metrics import Metrics
 from gateway.pipeline import rate_limit_headers
 from gateway.runtime import Live, Runtime
+from gateway.state_redis import limiter_for, shared_state
 from gateway.upstream import new_session
 from gateway.usage import UsageStore
 
@@ -35,10 +36,11 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
         client_max_size=config.max_body_bytes,
     )
     app[LIVE] = Live(Runtime.build(config), path)
-    app[LIMITER] = limiter or InProcessLimiter()
+    app[LIMITER] = limiter or limiter_for(config.state)  # state.redis: shared by every process
     app[METRICS] = Metrics()
     app[STOPPING] = asyncio.Event()
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_shared_state)  # before the usage log, which seeds the monthly quota
     app.cleanup_ctx.append(_usage_store)
     app.cleanup_ctx.append(_response_store)  # after the usage log, which creates the database
     app.on_response_prepare.append(echo_request_id)
@@ -64,6 +66,15 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     async with new_session() as session:
         app[HTTP] = session
+        yield
+
+
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    """With state.redis: the Redis limiter's lease renewal and the shared cool-downs
+    (a no-op otherwise); a Redis that lost its data is re-seeded from the usage log."""
+    live = app[LIVE]
+    async with shared_state(app[LIMITER], lambda: live.current.balancer,
+                            lambda: load_month_usage(live.current.config.database)):  # fmt: skip
         yield
 
 

@@ -6,6 +6,12 @@ once per configuration.  `plan(model)` orders a model's targets for one call:
 lowest priority number first, deployments of equal priority in weighted-random
 order, the keys of a deployment round-robin, and targets cooling down after
 repeated failures moved to the back (never dropped: a cooled target beats none).
+
+Cool-downs are read from this process's memory, so `plan` stays synchronous and
+cheap.  With several processes (`state.redis`), a `CooldownSink` set as `shared`
+hears of each cool-down this process starts and tells the others; cool-downs the
+others started come back through `adopt_cooldown` (gateway/cooldowns_redis.py).
+Without one, nothing of this runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gateway.config import Config, Model, Provider, Routing
 from gateway.errors import ServiceUnavailable
@@ -40,10 +47,17 @@ class _Health:
     cool_until: float = 0.0
 
 
+class CooldownSink(Protocol):
+    def publish(self, label: str, seconds: float) -> None:
+        """This process benched `label` for `seconds` (must not block: `failed` is synchronous)."""
+        ...
+
+
 class Balancer:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.routing: Routing = config.routing
         self.clock = clock
+        self.shared: CooldownSink | None = None  # other processes to tell of cool-downs (state.redis)
         # model id -> priority groups, lowest number first -> deployments -> their keys
         self._groups: dict[str, list[list[list[Target]]]] = {}
         self._health: dict[str, _Health] = {}
@@ -56,6 +70,10 @@ class Balancer:
             ]
             priorities = sorted({keys[0].priority for keys in per_deployment})
             self._groups[model.id] = [[k for k in per_deployment if k[0].priority == p] for p in priorities]
+        # every target label, once: what a shared cool-down state is asked about
+        self.labels: tuple[str, ...] = tuple(
+            dict.fromkeys(t.label for groups in self._groups.values() for g in groups for keys in g for t in keys)
+        )
 
     @staticmethod
     def _keyed_targets(provider: Provider, model: Model, index: int) -> list[Target]:
@@ -99,11 +117,20 @@ class Balancer:
         health = self._health.setdefault(target.label, _Health())
         health.failures += 1
         now = self.clock()
+        before = health.cool_until
         if retry_after:
             health.cool_until = max(health.cool_until, now + min(retry_after, self.routing.max_retry_after))
         if health.failures >= self.routing.failures_before_cooldown:
             health.cool_until = max(health.cool_until, now + self.routing.cooldown)
             health.failures = 0
+        if self.shared is not None and health.cool_until > before:
+            self.shared.publish(target.label, health.cool_until - now)
+
+    def adopt_cooldown(self, label: str, seconds: float) -> None:
+        """Another process benched `label` for `seconds` more: bench it here too (never
+        shortening a cool-down of ours, never publishing it back)."""
+        health = self._health.setdefault(label, _Health())
+        health.cool_until = max(health.cool_until, self.clock() + seconds)
 
     def cooling(self, target: Target) -> bool:
         return self._health.get(target.label, _Health()).cool_until > self.clock()

@@ -8,7 +8,9 @@ Starts on 127.0.0.1 only, each as its own process:
     gemini, all pointing at the mock; one key; the usage database in a temp dir),
 then drives each target with wrk (or the built-in generator when wrk is missing):
 upstream direct, bare pipe, gateway OpenAI passthrough, gateway Anthropic- and
-Gemini-translated; non-stream and stream; 1 and 64 connections.  Every cell runs
+Gemini-translated, the passthrough for a key with limits counted in process and in
+Redis (a second gateway with `state.redis` on a private redis-server, started when
+`redis-server` is installed); non-stream and stream; 1 and 64 connections.  Every cell runs
 --runs times (3; all targets back to back per cell, then the next round, so a slow
 spell on a shared machine hits neighbours alike) and the run with the highest
 req/s is reported.  Time to first byte is measured at 1
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -51,6 +54,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PYTHON = sys.executable
 KEY = "sk-bench-key"
+LIMITED_KEY = "sk-bench-limited"  # a key with rpm/tpm/concurrency/quota limits too high to trip
+# ...high enough never to trip, so the rows measure the counting alone
+BENCH_LIMITS = {"rpm": 10**9, "tpm": 10**12, "concurrency": 10**6, "tokens_per_month": 10**15}
 PROMPT = "Say hello in one short sentence."
 MODES = ("non-stream", "stream")
 
@@ -155,6 +161,7 @@ class Target:
     service: str  # which process answers
     model: str
     dialect: str = "chat"  # what the client speaks: chat, responses (/v1/responses) or messages (/v1/messages)
+    auth: str = KEY  # the client key sent
 
 
 TARGETS = (
@@ -166,6 +173,10 @@ TARGETS = (
     Target("responses", "gateway, Responses -> OpenAI chat", "gateway", "gpt-4o-mini", "responses"),
     Target("messages", "gateway, Messages passthrough", "gateway", "claude-3-5-sonnet-20241022", "messages"),
     Target("messages-openai", "gateway, Messages -> OpenAI chat", "gateway", "gpt-4o-mini", "messages"),
+    # the cost of tier limits: the same passthrough for a limited key, counted in the
+    # gateway process, then in Redis (a second gateway with state.redis, its own redis-server)
+    Target("limits", "gateway, OpenAI passthrough, limits in process", "gateway", "gpt-4o-mini", auth=LIMITED_KEY),
+    Target("redis", "gateway, OpenAI passthrough, limits in Redis", "gateway-redis", "gpt-4o-mini", auth=LIMITED_KEY),
 )
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
 
@@ -186,13 +197,13 @@ def body(target: Target, mode: str) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def gateway_config(mock_port: int, db: Path, workers: int) -> dict[str, Any]:
+def gateway_config(mock_port: int, db: Path, workers: int, redis_url: str | None = None) -> dict[str, Any]:
     mock = f"http://127.0.0.1:{mock_port}"
     server: dict[str, Any] = {"host": "127.0.0.1", "port": 8080}
     if workers > 1:
         server["workers"] = workers
-    models = sorted({t.model for t in TARGETS if t.service == "gateway"})
-    return {
+    models = sorted({t.model for t in TARGETS if t.service.startswith("gateway")})
+    config: dict[str, Any] = {
         "server": server,
         "database": str(db),
         "providers": {
@@ -205,9 +216,18 @@ def gateway_config(mock_port: int, db: Path, workers: int) -> dict[str, Any]:
             {"id": "claude-3-5-sonnet-20241022", "provider": "anthropic"},
             {"id": "gemini-2.0-flash", "provider": "google"},
         ],
-        "tiers": {"bench": {"models": models}},
-        "keys": [{"name": "bench", "key": KEY, "tier": "bench"}],
+        "tiers": {"bench": {"models": models}, "limited": {"models": models, "limits": BENCH_LIMITS}},
+        "keys": [
+            {"name": "bench", "key": KEY, "tier": "bench"},
+            {"name": "bench-limited", "key": LIMITED_KEY, "tier": "limited"},
+        ],
     }
+    if redis_url:
+        # a loop saturated by 64 connections answers its own Redis replies late: with the
+        # 50 ms default some calls time out (admitted uncounted, then a reconnect), and the
+        # row would measure failures, not counting
+        config["state"] = {"redis": redis_url, "timeout_ms": 1000}
+    return config
 
 
 class Bench:
@@ -240,6 +260,31 @@ class Bench:
             "pipe": f"http://127.0.0.1:{pipe_port}/v1/chat/completions",
             "gateway": f"http://127.0.0.1:{gw_port}",
         }
+        self.missing: dict[str, str] = {}  # service -> why it cannot run here
+        if any(t.service == "gateway-redis" for t in args.target_list):
+            self._add_redis(tmp)
+
+    def _add_redis(self, tmp: Path) -> None:
+        """A private redis-server (nothing on disk) and a gateway counting limits in it."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            self.missing["gateway-redis"] = "redis-server not found: `apt-get install -y redis-server`"
+            return
+        if importlib.util.find_spec("redis") is None:
+            self.missing["gateway-redis"] = "the redis package is missing: pip install -e '.[redis]'"
+            return
+        redis_port, port = free_port(), free_port()
+        argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.services["redis"] = Service("redis", argv + ["--dir", str(tmp)], redis_port, tmp)
+        config = tmp / "gateway-redis.yaml"
+        doc = gateway_config(
+            self.mock_port, tmp / "usage-redis.db", self.args.workers, f"redis://127.0.0.1:{redis_port}/0"
+        )
+        config.write_text(json.dumps(doc, indent=1))
+        argv = [PYTHON, "-m", "gateway", "serve", "--config", str(config), "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--log-level", self.args.log_level]
+        self.services["gateway-redis"] = Service("gateway-redis", argv, port, tmp)
+        self.urls["gateway-redis"] = f"http://127.0.0.1:{port}"
 
     def new_gateway(self) -> Service:
         """A gateway on a fresh database (the soak restarts it for a clean baseline)."""
@@ -268,13 +313,13 @@ class Bench:
         self.services["gateway"].wait_up()
 
     def stop(self) -> None:
-        for name in ("gateway", "pipe", "mock"):  # clients before their upstreams
+        for name in ("gateway", "gateway-redis", "redis", "pipe", "mock"):  # clients before their upstreams
             if name in self.services:
                 self.services[name].stop()
 
     def url(self, target: Target) -> str:
-        if target.service == "gateway":
-            return self.urls["gateway"] + PATHS[target.dialect]
+        if target.service.startswith("gateway"):
+            return self.urls[target.service] + PATHS[target.dialect]
         return self.urls[target.service]
 
     def gateway_pid(self) -> int:
@@ -293,6 +338,7 @@ class Result:
     errors: int
     status_errors: int
     cpu_s: float | None = None  # CPU time of the answering process(es) during the run
+    redis_cpu_s: float | None = None  # CPU time of redis-server during the run (limits in Redis)
 
     @property
     def rps(self) -> float:
@@ -303,6 +349,10 @@ class Result:
         """CPU microseconds the target spent per request: steadier than req/s on a
         shared machine, and what an optimisation actually changes."""
         return self.cpu_s / self.requests * 1e6 if self.cpu_s is not None and self.requests else None
+
+    @property
+    def redis_cpu_us(self) -> float | None:
+        return self.redis_cpu_s / self.requests * 1e6 if self.redis_cpu_s is not None and self.requests else None
 
 
 def cpu_seconds(pgid: int) -> float:
@@ -344,15 +394,15 @@ class Loader:
             self._files[bodies] = path
         return self._files[bodies]
 
-    def run(self, url: str, bodies: tuple[bytes, ...], conns: int, seconds: int) -> Result:
+    def run(self, url: str, bodies: tuple[bytes, ...], conns: int, seconds: int, auth: str = KEY) -> Result:
         file = self._bodies(bodies)
         if self.wrk:
             threads = max(1, min(self.threads, conns))
             argv = [self.wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
             argv += ["-s", str(HERE / "post.lua"), url]
-            env = {**os.environ, "BENCH_BODIES": str(file), "BENCH_AUTH": KEY}
+            env = {**os.environ, "BENCH_BODIES": str(file), "BENCH_AUTH": auth}
         else:
-            argv = [PYTHON, str(HERE / "loadgen.py"), "--url", url, "--bodies", str(file), "--auth", KEY]
+            argv = [PYTHON, str(HERE / "loadgen.py"), "--url", url, "--bodies", str(file), "--auth", auth]
             argv += ["--conns", str(conns), "--duration", str(seconds)]
             env = dict(os.environ)
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 30)
@@ -366,9 +416,9 @@ class Loader:
         )
 
 
-async def probe(url: str, data: bytes, mode: str) -> str | None:
+async def probe(url: str, data: bytes, mode: str, auth: str = KEY) -> str | None:
     """One request: None when the answer looks right, else why not."""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {auth}"}
     try:
         async with aiohttp.ClientSession() as session, session.post(url, data=data, headers=headers) as resp:
             text = await resp.text()
@@ -388,10 +438,10 @@ async def probe(url: str, data: bytes, mode: str) -> str | None:
     return None
 
 
-async def ttfb(url: str, data: bytes, samples: int) -> float:
+async def ttfb(url: str, data: bytes, samples: int, auth: str = KEY) -> float:
     """p50 in ms of the time from sending a streamed request to its first body byte,
     on one keep-alive connection (each answer is read to its end before the next)."""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {auth}"}
     times: list[float] = []
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -438,7 +488,9 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
     cells = {(t.key, m, c): Cell(t, m, c) for t in targets for m in MODES for c in args.conns}
     for target in targets:
         for mode in MODES:
-            why = asyncio.run(probe(bench.url(target), body(target, mode), mode))
+            why = bench.missing.get(target.service) or asyncio.run(
+                probe(bench.url(target), body(target, mode), mode, target.auth)
+            )
             if why:
                 progress(f"{target.label}, {mode}: unavailable ({why})")
                 for c in args.conns:
@@ -447,12 +499,13 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
 
     def count(target: Target, n: int) -> None:
         nonlocal gw_requests
-        gw_requests += n if target.service == "gateway" else 0
+        gw_requests += n if target.service == "gateway" else 0  # the gateway whose RSS is reported
 
     for target in targets:  # warm pools and caches at the highest concurrency
         for mode in MODES:
             if not cells[(target.key, mode, args.conns[0])].unavailable:
-                count(target, loader.run(bench.url(target), (body(target, mode),), max(args.conns), 1).requests)
+                warm = loader.run(bench.url(target), (body(target, mode),), max(args.conns), 1, target.auth)
+                count(target, warm.requests)
     # every target runs back to back for one cell before the next cell, and the rounds
     # repeat that: a slow spell on a shared machine hits neighbours in the table alike
     for round_no in range(args.runs):
@@ -464,9 +517,12 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
                     if cell.unavailable:
                         continue
                     pid = bench.services[target.service].pid
-                    cpu = cpu_seconds(pid)
-                    result = loader.run(bench.url(target), (body(target, mode),), conns, args.duration)
+                    redis = bench.services["redis"].pid if target.service == "gateway-redis" else None
+                    cpu, redis_cpu = cpu_seconds(pid), cpu_seconds(redis) if redis else 0.0
+                    result = loader.run(bench.url(target), (body(target, mode),), conns, args.duration, target.auth)
                     result.cpu_s = cpu_seconds(pid) - cpu
+                    if redis:
+                        result.redis_cpu_s = cpu_seconds(redis) - redis_cpu
                     cell.runs.append(result)
                     count(target, result.requests)
                     progress(
@@ -478,7 +534,7 @@ def run_table(bench: Bench, loader: Loader, args: argparse.Namespace, targets: l
                 cell = cells[(target.key, "stream", 1)]
                 if cell.unavailable:
                     continue
-                value = asyncio.run(ttfb(bench.url(target), body(target, "stream"), args.ttfb_samples))
+                value = asyncio.run(ttfb(bench.url(target), body(target, "stream"), args.ttfb_samples, target.auth))
                 cell.ttfbs.append(value)
                 count(target, args.ttfb_samples + 20)
                 progress(f"{tag} TTFB, {target.label}: p50 {value:.3f} ms")
@@ -567,6 +623,29 @@ def render_checks(cells: dict[tuple[str, str, int], Cell], args: argparse.Namesp
     return out
 
 
+def render_limit_costs(cells: dict[tuple[str, str, int], Cell], args: argparse.Namespace) -> list[str]:
+    """What counting tier limits costs, in process and in Redis, against the same
+    passthrough for a key without limits, in this run."""
+    out: list[str] = []
+    for mode in MODES:
+        for conns in args.conns:
+            free, local, shared = (cells.get((key, mode, conns)) for key in ("openai", "limits", "redis"))
+            if not (free and local and shared and free.best and local.best and shared.best):
+                continue
+            f, lo, sh = free.best, local.best, shared.best
+            pipe = cells.get(("pipe", mode, conns))
+            ratios = ""
+            if pipe and pipe.best and pipe.best.rps:
+                ratios = "; vs pipe " + " / ".join(f"{r.rps / pipe.best.rps:.2f}x" for r in (f, lo, sh))
+            cpu = " / ".join(fmt(r.cpu_us, ".0f") for r in (f, lo, sh))
+            out.append(
+                f"- {mode}, {conns} conn (no limits / in process / in Redis): CPU {cpu} µs/req "
+                f"(+ redis-server {fmt(sh.redis_cpu_us, '.0f')}); p50 {f.p50_ms:.2f} / {lo.p50_ms:.2f} / "
+                f"{sh.p50_ms:.2f} ms{ratios}"
+            )
+    return ["", "Cost of tier limits (the OpenAI passthrough, same run):", *out] if out else []
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -630,7 +709,7 @@ def profile(bench: Bench, loader: Loader, args: argparse.Namespace, targets: lis
     for target in [t for t in targets if t.service == "gateway"]:
         for mode in MODES:
             data = (body(target, mode),)
-            if asyncio.run(probe(bench.url(target), data[0], mode)):
+            if asyncio.run(probe(bench.url(target), data[0], mode, target.auth)):
                 continue
             raw = outdir / f"{target.key}-{mode}.txt"
             spy = subprocess.Popen(
@@ -642,7 +721,7 @@ def profile(bench: Bench, loader: Loader, args: argparse.Namespace, targets: lis
             )
             try:
                 time.sleep(0.3)
-                result = loader.run(bench.url(target), data, max(args.conns), args.profile_seconds + 1)
+                result = loader.run(bench.url(target), data, max(args.conns), args.profile_seconds + 1, target.auth)
                 _, err = spy.communicate(timeout=60)
             finally:
                 if spy.poll() is None:
@@ -826,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
                 "Targets from the issue (ratios measured in this run):",
             ]
             report += render_checks(outcome["cells"], args)
+            report += render_limit_costs(outcome["cells"], args)
         if args.profile:
             report += ["", *profile(bench, loader, args, args.target_list)]
         if args.soak:
