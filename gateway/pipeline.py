@@ -94,6 +94,8 @@ async def with_fallback(
         raise
     finally:
         record.attempts = " ".join(tried) or None
+        if (reply := request.get(REPLY)) is not None:
+            record.upstream_id = reply.upstream_id
         if called:
             _charge_unreported_usage(request, record, estimate)
         if admission is not None:  # the real usage (or its estimate) replaces the admission's

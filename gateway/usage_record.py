@@ -43,6 +43,7 @@ class UsageRecord:
     tokens_estimated: bool = False  # the token counts are our estimate, not the upstream's report
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens, written to it (Anthropic's cache creation)
+    upstream_id: str | None = None  # the provider's own id of the answer (support tickets quote it)
 
     def add_usage(self, usage: Any) -> None:
         """Take token counts from an OpenAI-shaped usage object, tolerating junk."""

@@ -62,6 +62,7 @@ _MIGRATIONS: Final = (
     # v5: prompt-cache tokens (reads and writes), both part of prompt_tokens
     "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE usage ADD COLUMN upstream_id TEXT;",  # v6: the provider's own id of the answer
 )
 
 _INSERT: Final = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"

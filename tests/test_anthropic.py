@@ -134,8 +134,13 @@ def error_reply(status: int, type: str, text: str, headers: dict[str, str] | Non
 
 
 def normalised(chunks: list[Any]) -> list[Any]:
-    """Our chunks with the wall-clock `created` pinned, for comparison with golden files."""
-    return [{**c, "created": 0} if isinstance(c, dict) and "created" in c else c for c in chunks]
+    """Our chunks with the wall-clock `created` and our random `chatcmpl-` id pinned (one
+    id for the whole answer, checked here), for comparison with golden files."""
+    ids = {c["id"] for c in chunks if isinstance(c, dict) and "created" in c}
+    assert len(ids) <= 1 and all(i.startswith("chatcmpl-") for i in ids), ids
+    return [
+        {**c, "created": 0, "id": "chatcmpl-unused"} if isinstance(c, dict) and "created" in c else c for c in chunks
+    ]
 
 
 def golden(stem: str, actual: Any = None) -> Any:
@@ -335,7 +340,8 @@ async def test_text_request_and_response(gateway: Gateway, upstream: FakeUpstrea
         frequency_penalty=0,
     )
     validate_completion(completion.model_dump(exclude_unset=True))
-    assert completion.id == "msg_01KrnBffuzxt8ttHq7iiZe7n" and completion.model == "claude-small"
+    assert completion.id.startswith("chatcmpl-") and completion.model == "claude-small"  # one rule for every id
+    assert (await gateway.usage_rows())[-1]["upstream_id"] == "msg_01KrnBffuzxt8ttHq7iiZe7n"  # Anthropic's, kept
     assert completion.choices[0].message.content.startswith("Olá!") and completion.choices[0].finish_reason == "stop"
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (
         16,
@@ -989,8 +995,9 @@ async def test_stream_usage_with_include_usage(gateway: Gateway, upstream: FakeU
     ]
     for c in chunks:
         validate_chunk(c.model_dump(exclude_unset=True))
-    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].id == "msg_test"
-    assert {c.id for c in chunks} == {"msg_test"} and {c.model for c in chunks} == {"claude-small"}
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].id.startswith("chatcmpl-")
+    assert len({c.id for c in chunks}) == 1 and {c.model for c in chunks} == {"claude-small"}
+    assert (await gateway.usage_rows())[-1]["upstream_id"] == "msg_test"
     assert delta_text(chunks, "content") == "Hello"
     assert chunks[-1].choices == [] and all(c.usage is None for c in chunks[:-1])
     usage = chunks[-1].usage

@@ -202,7 +202,7 @@ class AnthropicAdapter(Adapter):
         if not isinstance(content, list):
             raise UpstreamError(f"The {self.provider.name} provider returned a message without content.")
         if isinstance(message.get("id"), str) and message["id"]:
-            reply.id = message["id"]  # Anthropic's id: support tickets quote it
+            reply.upstream_id = message["id"]  # Anthropic's id: support tickets quote it (the usage row keeps it)
         out, called_tools = _message_from_blocks([b for b in content if isinstance(b, dict)])
         choice = {
             "index": 0,
@@ -844,7 +844,7 @@ class _AnthropicStream(StreamTranslator):
     def _on_message_start(self, data: Json) -> list[Json]:
         message = data.get("message") if isinstance(data.get("message"), dict) else {}
         if isinstance(message.get("id"), str) and message["id"]:
-            self.reply.id = message["id"]  # before the first chunk: the id never changes mid-stream
+            self.reply.upstream_id = message["id"]  # Anthropic's id, for the usage row
         self._take_usage(message.get("usage"))
         return []  # the role chunk goes out with the first block (_open)
 

@@ -51,7 +51,11 @@ class Reply:
     """Per-request facts every translation needs, fixed before the upstream call."""
 
     model: str  # the id the client asked for; every response and chunk carries it
+    # one rule for every translated answer: `chatcmpl-` + ours (clients expect the
+    # prefix); the provider's own id goes to the usage row (`upstream_id`).  An
+    # OpenAI-kind upstream's chunks pass on as they are, with their own id.
     id: str = field(default_factory=lambda: "chatcmpl-" + hex_id(96))
+    upstream_id: str | None = None
     created: int = 0
     include_usage: bool = False
     # characters of answer text sent so far: the completion estimate when no usage comes

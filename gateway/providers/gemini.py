@@ -245,7 +245,7 @@ class GeminiAdapter(Adapter):
         if isinstance(response.get("error"), dict):
             raise self.error_from_body(_status_of(response["error"]), response, {})
         if isinstance(response.get("responseId"), str) and response["responseId"]:
-            reply.id = "chatcmpl-" + response["responseId"]
+            reply.upstream_id = response["responseId"]  # Google's id, for the usage row
         usage = _usage(response.get("usageMetadata"))
         candidates = _candidates(response)
         blocked = _block_reason(response)
@@ -1071,7 +1071,7 @@ class _GeminiStream(StreamTranslator):
         if isinstance(response.get("error"), dict):
             raise self.adapter.error_from_body(_status_of(response["error"]), response, {})
         if not self.seen_event and isinstance(response.get("responseId"), str) and response["responseId"]:
-            self.reply.id = "chatcmpl-" + response["responseId"]  # stable from the first chunk on
+            self.reply.upstream_id = response["responseId"]  # Google's id, for the usage row
         self.seen_event = True
         if isinstance(response.get("usageMetadata"), dict):
             self._meta = response["usageMetadata"]  # cumulative: the last one wins

@@ -162,7 +162,7 @@ class _OpenAIStream(StreamTranslator):
         """Keep the provider's id (support tickets quote it), time and model name, from
         the first chunk that has them (Azure opens with an empty, choice-less prelude)."""
         if isinstance(chunk.get("id"), str) and chunk["id"]:
-            self.reply.id = chunk["id"]
+            self.reply.id = self.reply.upstream_id = chunk["id"]
         if type(chunk.get("created")) is int and chunk["created"] > 0:
             self.reply.created = chunk["created"]
         if isinstance(chunk.get("model"), str) and chunk["model"]:
