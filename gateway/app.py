@@ -13,7 +13,7 @@ from gateway import handlers, handlers_messages, handlers_responses
 from gateway.accounting import accounting_middleware, echo_request_id
 from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, RESPONSES, STOPPING, USAGE
 from gateway.auth import auth_middleware
-from gateway.config import Config
+from gateway.config import Config, is_postgres
 from gateway.dialects.responses.store import ResponseStore, open_response_store
 from gateway.errors import error_middleware
 from gateway.limits import Limiter, load_month_usage
@@ -79,10 +79,23 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _usage_store(app: web.Application) -> AsyncIterator[None]:
-    store = await UsageStore.open(app[LIVE].current.config.database)
+    config = app[LIVE].current.config
+    if is_postgres(config.database):
+        from gateway.usage_postgres import DEFAULT_SPILL_DIR, PostgresSink  # asyncpg only when used
+
+        # a URL has no directory to spill beside: `usage_spill_dir` once the config has
+        # it, else data/ in the working directory (as the SQLite default)
+        spill_dir = getattr(config, "usage_spill_dir", None) or DEFAULT_SPILL_DIR
+        store = await UsageStore.start(await PostgresSink.open(config.database, spill_dir=spill_dir))
+    else:
+        store = await UsageStore.open(config.database)
     app[USAGE] = store
     # the monthly quota survives restarts: this month's tokens per key, from the log
-    await app[LIMITER].seed_month(await load_month_usage(app[LIVE].current.config.database))
+    try:
+        await app[LIMITER].seed_month(await load_month_usage(config.database))
+    except BaseException:
+        await store.close()  # the start fails: queued rows (replayed spills) are not left behind
+        raise
     yield
     await store.close()  # flushes every queued row
 

@@ -10,7 +10,6 @@ import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
@@ -182,37 +181,22 @@ def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not Path(config.database).exists():
-        print(f"no usage recorded yet ({config.database} does not exist)")
-        return 0
     from gateway.limits import month_start
+    from gateway.usage_record import UsageLogError
+    from gateway.usage_report import nothing_logged, read_report
 
-    db = sqlite3.connect(f"file:{config.database}?mode=ro", uri=True)
     try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
-        # tokens the gateway estimated (the upstream's usage never came: hang-up, cut stream)
-        estimated = "tokens_estimated * total_tokens" if "tokens_estimated" in columns else "0"
-        rows = db.execute(
-            f"""SELECT coalesce(key_name, '(unauthenticated)'), coalesce(model, '-'), count(*),
-                      sum(status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens),
-                      sum({estimated})
-               FROM usage WHERE ts >= ? GROUP BY 1, 2 ORDER BY 1, 2""",
-            (start,),
-        ).fetchall()
-        tiers = db.execute(
-            """SELECT coalesce(tier, '-'), count(*), sum(status >= 400), sum(prompt_tokens),
-                      sum(completion_tokens), sum(total_tokens)
-               FROM usage WHERE ts >= ? GROUP BY 1 ORDER BY 1""",
-            (start,),
-        ).fetchall()
-        month = dict(
-            db.execute(
-                "SELECT key_name, sum(total_tokens) FROM usage WHERE ts >= ? AND key_name IS NOT NULL GROUP BY 1",
-                (month_start(time.time()),),
-            ).fetchall()
-        )
-    finally:
-        db.close()
+        found = read_report(config.database, start, month_start(time.time()))
+    except UsageLogError as exc:  # names the database, never its password
+        print(f"cannot read the usage log: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"cannot read the usage log: usage database {config.database}: {exc}", file=sys.stderr)
+        return 1
+    if found is None:
+        print(nothing_logged(config.database))
+        return 0
+    rows, tiers, month = found
     _table(("key", "model", "requests", "errors", "prompt", "completion", "total", "estimated"), rows, 2)
     if not rows:
         print("(no requests in this period)")

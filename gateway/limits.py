@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol
 
 import aiosqlite
 
-from gateway.config import Limits
+from gateway.config import Limits, is_postgres
 
 WINDOW: Final = 60.0  # seconds: rpm and tpm are per rolling minute
 CONCURRENCY_RETRY: Final = 1.0  # a slot frees when some request in flight ends: unknowable, so a polling hint
@@ -305,8 +305,14 @@ def estimate_embedding_tokens(body: Mapping[str, Any]) -> int:
 
 
 async def load_month_usage(database: str, now: float | None = None) -> dict[str, int]:
-    """Tokens per key name logged since the start of this calendar month (UTC)."""
+    """Tokens per key name logged since the start of this calendar month (UTC), from
+    either backend.  PostgreSQL: raises UsageLogError (naming the database) when it
+    cannot be read: a quota silently seeded with zero would let keys overspend."""
     since = month_start(time.time() if now is None else now)
+    if is_postgres(database):
+        from gateway.usage_postgres import month_usage  # asyncpg only when PostgreSQL is used
+
+        return await month_usage(database, since)
     try:
         async with aiosqlite.connect(database) as db:
             async with db.execute(

@@ -1,9 +1,12 @@
-"""The stored-responses database (issue 12): real SQLite files in tmp_path.
+"""The stored-responses database (issue 12): the contract against both backends,
+real SQLite files in tmp_path and the real PostgreSQL server (a schema per test).
 
 Responses are real ones: recorded OpenAI traffic, or rendered by the dialect from a
-hub completion; input items come from `items.input_items`.  Failures are real SQLite
-conditions: another connection holding the write lock (what another worker or
-process does), a file overwritten with garbage, a missing directory."""
+hub completion; input items come from `items.input_items`.  Failures are real
+conditions: for SQLite, another connection holding the write lock (what another
+worker or process does), a file overwritten with garbage, a missing directory; for
+PostgreSQL, another session's table lock, a private server stopped and started, a
+port nobody listens on."""
 
 from __future__ import annotations
 
@@ -16,6 +19,16 @@ from typing import Any
 
 import pytest
 from openai_schema import validate_response, validate_response_item_list
+from pg_support import (  # noqa: F401 - fixtures
+    connect,
+    fetch,
+    fresh_schema,
+    own_postgres_fixture,
+    own_postgres_server_fixture,
+    pg_url_fixture,
+    unavailable,
+)
+from processes import free_port
 from responses_support import context, load
 
 from gateway.dialects.responses.items import input_items
@@ -28,6 +41,8 @@ from gateway.dialects.responses.store import (
     open_response_store,
 )
 from gateway.dialects.responses.store_sqlite import SQLiteResponseStore
+from gateway.postgres import describe
+from gateway.usage_sqlite import _MIGRATIONS as USAGE_MIGRATIONS
 from gateway.usage_sqlite import open_db
 
 Json = dict[str, Any]
@@ -49,12 +64,32 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "gateway.db")
 
 
-@pytest.fixture
-async def opened() -> AsyncIterator[Callable[..., Awaitable[SQLiteResponseStore]]]:
-    stores: list[SQLiteResponseStore] = []
+@pytest.fixture(params=["sqlite", "postgres"])
+async def target(request: pytest.FixtureRequest, db_path: str) -> AsyncIterator[str]:
+    """The database the contract runs against: an SQLite file, or a PostgreSQL URL
+    whose search_path is a schema of this test's own."""
+    if request.param == "sqlite":
+        yield db_path
+        return
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        unavailable("asyncpg is not installed (pip install -e '.[dev]')")
+    async with fresh_schema() as url:
+        yield url
 
-    async def open_(path: str, ttl: float = TTL, **kw: Any) -> SQLiteResponseStore:
-        stores.append(await SQLiteResponseStore.open(path, ttl, **kw))
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Callable[..., Awaitable[ResponseStore]]]:
+    stores: list[ResponseStore] = []
+
+    async def open_(target: str, ttl: float = TTL, **kw: Any) -> ResponseStore:
+        if target.startswith("postgresql://"):
+            from gateway.dialects.responses.store_postgres import PostgresResponseStore
+
+            stores.append(await PostgresResponseStore.open(target, ttl, **kw))
+        else:
+            stores.append(await SQLiteResponseStore.open(target, ttl, **kw))
         return stores[-1]
 
     yield open_
@@ -71,13 +106,15 @@ def turn(text: str, answer: str, previous: str | None = None) -> tuple[Json, lis
     return response, input_items(body)
 
 
-def table_rows(path: str, table: str) -> int:
-    with sqlite3.connect(path) as db:
+async def table_rows(target: str, table: str) -> int:
+    if target.startswith("postgresql://"):
+        return (await fetch(target, f"SELECT count(*) FROM {table}"))[0][0]
+    with sqlite3.connect(target) as db:
         return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-async def test_put_get_round_trip_of_recorded_traffic(db_path: str) -> None:
-    store: ResponseStore = await open_response_store(db_path, TTL)
+async def test_put_get_round_trip_of_recorded_traffic(target: str) -> None:
+    store: ResponseStore = await open_response_store(target, TTL)
     try:
         response = load("openai_response_reasoning_function_call.json")  # reasoning + function call output
         items = input_items(load("openai_responses_request_function_call_output_roundtrip.json"))
@@ -95,8 +132,8 @@ async def test_put_get_round_trip_of_recorded_traffic(db_path: str) -> None:
         await store.close()
 
 
-async def test_another_key_name_sees_exactly_what_a_missing_id_shows(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_another_key_name_sees_exactly_what_a_missing_id_shows(opened: Any, target: str) -> None:
+    store = await opened(target)
     first, first_items = turn("hi", "hello")
     await store.put("alice", first, first_items)
     for key, rid in (("bob", first["id"]), ("alice", "resp_missing"), ("", first["id"])):
@@ -118,8 +155,8 @@ async def test_another_key_name_sees_exactly_what_a_missing_id_shows(opened: Any
     assert await store.get("alice", first["id"]) == first
 
 
-async def test_a_chain_of_three_is_every_turn_in_order(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_a_chain_of_three_is_every_turn_in_order(opened: Any, target: str) -> None:
+    store = await opened(target)
     one, one_in = turn("one", "uno")
     two, two_in = turn("two", "dos", one["id"])
     three, three_in = turn("three", "tres", two["id"])
@@ -136,8 +173,8 @@ async def test_a_chain_of_three_is_every_turn_in_order(opened: Any, db_path: str
     assert await store.conversation("alice", three["id"]) == three_in + three["output"]
 
 
-async def test_the_walk_stops_at_the_depth_cap(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_the_walk_stops_at_the_depth_cap(opened: Any, target: str) -> None:
+    store = await opened(target)
     previous = None
     responses = []
     for i in range(MAX_CHAIN_DEPTH + 5):
@@ -151,9 +188,9 @@ async def test_the_walk_stops_at_the_depth_cap(opened: Any, db_path: str) -> Non
     assert items[-1] == responses[-1]["output"][0]
 
 
-async def test_expired_rows_vanish_at_once_and_purge_removes_them(opened: Any, db_path: str) -> None:
+async def test_expired_rows_vanish_at_once_and_purge_removes_them(opened: Any, target: str) -> None:
     clock = Clock()
-    store = await opened(db_path, ttl=100, clock=clock)
+    store = await opened(target, ttl=100, clock=clock)
     old, old_in = turn("old", "answer")
     await store.put("alice", old, old_in)
     clock.now += 60
@@ -169,27 +206,27 @@ async def test_expired_rows_vanish_at_once_and_purge_removes_them(opened: Any, d
     assert await store.find_items("alice", [old_in[0]["id"]]) == {}
     assert await store.delete("alice", old["id"]) is False
     assert await store.conversation("alice", new["id"]) == new_in + new["output"]  # the aged-out turn is gone
-    assert table_rows(db_path, "responses") == 2  # invisible, not yet purged
+    assert await table_rows(target, "responses") == 2  # invisible, not yet purged
     assert await store.purge_expired() == 1
-    assert table_rows(db_path, "responses") == 1 and table_rows(db_path, "response_items") == 2
+    assert await table_rows(target, "responses") == 1 and await table_rows(target, "response_items") == 2
     assert await store.get("alice", new["id"]) == new
 
 
-async def test_purge_goes_in_batches_until_nothing_expired_is_left(opened: Any, db_path: str) -> None:
+async def test_purge_goes_in_batches_until_nothing_expired_is_left(opened: Any, target: str) -> None:
     clock = Clock()
-    store = await opened(db_path, ttl=10, clock=clock)
+    store = await opened(target, ttl=10, clock=clock)
     for i in range(250):  # more than two purge batches
         await store.put("alice", *turn(f"q{i}", "a"))
     clock.now += 11
     keep, keep_in = turn("kept", "a")
     await store.put("bob", keep, keep_in)
     assert await store.purge_expired() == 250
-    assert table_rows(db_path, "responses") == 1 and table_rows(db_path, "response_items") == 2
+    assert await table_rows(target, "responses") == 1 and await table_rows(target, "response_items") == 2
     assert await store.purge_expired() == 0
 
 
-async def test_input_items_pages_as_openai(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_input_items_pages_as_openai(opened: Any, target: str) -> None:
+    store = await opened(target)
     first, first_in = turn("earlier", "turn")
     await store.put("alice", first, first_in)
     body = {"model": "m", "input": [{"role": "user", "content": f"part {i}"} for i in range(7)]}
@@ -230,8 +267,8 @@ async def test_input_items_pages_as_openai(opened: Any, db_path: str) -> None:
             await store.input_items("alice", response["id"], **bad)
 
 
-async def test_delete_then_everything_is_not_found(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_delete_then_everything_is_not_found(opened: Any, target: str) -> None:
+    store = await opened(target)
     response, items = turn("bye", "ciao")
     await store.put("alice", response, items)
     assert await store.delete("alice", response["id"]) is True
@@ -239,18 +276,18 @@ async def test_delete_then_everything_is_not_found(opened: Any, db_path: str) ->
     assert await store.conversation("alice", response["id"]) is None
     assert await store.input_items("alice", response["id"]) is None
     assert await store.delete("alice", response["id"]) is False
-    assert table_rows(db_path, "responses") == 0 and table_rows(db_path, "response_items") == 0
+    assert await table_rows(target, "responses") == 0 and await table_rows(target, "response_items") == 0
 
 
-async def test_put_again_replaces_the_stored_response(opened: Any, db_path: str) -> None:
-    store = await opened(db_path)
+async def test_put_again_replaces_the_stored_response(opened: Any, target: str) -> None:
+    store = await opened(target)
     response, items = turn("q", "first answer")
     await store.put("alice", response, items)
     better = {**response, "output": [], "status": "incomplete"}
     await store.put("alice", better, items[:0])
     assert await store.get("alice", response["id"]) == better
     assert await store.conversation("alice", response["id"]) == []
-    assert table_rows(db_path, "response_items") == 0
+    assert await table_rows(target, "response_items") == 0
 
 
 async def test_two_workers_share_the_file(opened: Any, db_path: str) -> None:
@@ -267,7 +304,7 @@ async def test_two_workers_share_the_file(opened: Any, db_path: str) -> None:
         assert await b.delete("alice", response["id"]) is True
         assert await a.get("alice", response["id"]) is None
         async with usage.execute("PRAGMA user_version") as cur:
-            assert (await cur.fetchone())[0] == 4  # the usage log's own migrations, untouched
+            assert (await cur.fetchone())[0] == len(USAGE_MIGRATIONS)  # the usage log's own migrations, untouched
         async with usage.execute("SELECT count(*) FROM usage") as cur:
             assert (await cur.fetchone())[0] == 0
     finally:
@@ -353,3 +390,83 @@ async def test_opening_names_the_path_of_what_is_wrong(tmp_path: Path) -> None:
         db.execute("INSERT INTO response_store_schema VALUES (99)")
     with pytest.raises(ResponseStoreError, match=f"{newer}: schema version 99 is newer"):
         await open_response_store(str(newer), TTL)
+
+
+# -- PostgreSQL: what differs from a file ----------------------------------------------------
+
+
+async def test_postgres_instances_starting_together_migrate_once_and_share(opened: Any, pg_url: str) -> None:
+    stores = await asyncio.gather(*(opened(pg_url) for _ in range(6)))  # six instances starting at once
+    assert await fetch(pg_url, "SELECT version FROM response_store_schema") == [(1,)]
+    a, b = stores[0], stores[-1]
+    response, items = turn("shared", "yes")
+    await a.put("alice", response, items)
+    assert await b.get("alice", response["id"]) == response
+    turns = [turn(f"q{i}", "a") for i in range(40)]
+    await asyncio.gather(*(store.put("alice", *t) for store, t in zip(stores * 7, turns, strict=False)))
+    for t in turns:
+        assert await a.get("alice", t[0]["id"]) == t[0] == await b.get("alice", t[0]["id"])
+    assert await b.delete("alice", response["id"]) is True
+    assert await a.get("alice", response["id"]) is None
+
+
+async def test_postgres_a_call_stuck_on_a_lock_is_cut_at_the_bound(opened: Any, pg_url: str) -> None:
+    store = await opened(pg_url, timeout=0.3)
+    response, items = turn("q", "a")
+    await store.put("alice", response, items)
+    other = await connect(pg_url)  # another session holding the table
+    try:
+        lock = other.transaction()
+        await lock.start()
+        await other.execute("LOCK TABLE responses IN ACCESS EXCLUSIVE MODE")
+        for call in (store.put("alice", *turn("q2", "a2")), store.get("alice", response["id"])):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"took longer than 0.3 s"):
+                await call
+            assert time.monotonic() - started < 2.0  # the bound, not the lock, ends the call
+        await lock.rollback()
+        assert await store.get("alice", response["id"]) == response  # a new connection serves
+        await store.put("alice", *turn("q3", "a3"))
+        # the cut sessions are gone: nothing of theirs holds the table
+        async with asyncio.timeout(5), other.transaction():
+            await other.execute("LOCK TABLE responses IN ACCESS EXCLUSIVE MODE")
+    finally:
+        await other.close()
+
+
+async def test_postgres_stopped_is_unavailable_within_the_bound_then_serves_again(
+    opened: Any, own_postgres: tuple[Any, str]
+) -> None:
+    server, url = own_postgres
+    store = await opened(url, timeout=1.0)
+    response, items = turn("q", "a")
+    await store.put("alice", response, items)
+    await server.astop()
+    started = time.monotonic()
+    for call in (store.get("alice", response["id"]), store.put("alice", *turn("q2", "a2")), store.purge_expired()):
+        with pytest.raises(StoreUnavailable, match=f"{describe(url)}: "):
+            await call
+    assert time.monotonic() - started < 3 * 1.0 + 2.0
+    await server.astart()
+    assert await store.get("alice", response["id"]) == response
+    later, later_in = turn("later", "b", response["id"])
+    await store.put("alice", later, later_in)
+    assert await store.conversation("alice", later["id"]) == items + response["output"] + later_in + later["output"]
+
+
+async def test_postgres_opening_names_the_database_never_the_password(pg_url: str) -> None:
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(ResponseStoreError) as caught:
+        await open_response_store(f"postgresql://gw:s3cr3t-pw@127.0.0.1:{port}/test", TTL)
+    message = str(caught.value)
+    assert message.startswith(f"response store database postgresql://gw@127.0.0.1:{port}/test: ")
+    assert "s3cr3t" not in message and "\n" not in message and time.monotonic() - started < 10
+    conn = await connect(pg_url)
+    try:
+        await (await open_response_store(pg_url, TTL)).close()  # creates the tables
+        await conn.execute("INSERT INTO response_store_schema (version) VALUES (99)")
+    finally:
+        await conn.close()
+    with pytest.raises(ResponseStoreError, match=r"postgresql://postgres@.*: schema version 99 is newer"):
+        await open_response_store(pg_url, TTL)

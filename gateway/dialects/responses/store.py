@@ -30,9 +30,10 @@ one and one stored under another key name all answer the same "not found"
 
 Failures while serving raise `StoreUnavailable` within the backend's bound
 (2 s by default), never a hang: the handler logs a warning and still answers.
-Opening failures raise `ResponseStoreError` naming the database.  PostgreSQL
-arrives later as another class with the same methods; `open_response_store`
-picks the backend, so callers never name one.
+Opening failures raise `ResponseStoreError` naming the database.  Backends:
+`store_sqlite.SQLiteResponseStore` and `store_postgres.PostgresResponseStore`;
+`open_response_store` picks one from the `database` setting, so callers never
+name one.
 """
 
 from __future__ import annotations
@@ -114,12 +115,19 @@ async def open_response_store(
     timeout: float = DEFAULT_TIMEOUT,
     clock: Callable[[], float] = time.time,
 ) -> ResponseStore:
-    """The store for the gateway's `database` setting (an SQLite file today).
+    """The store for the gateway's `database` setting: an SQLite file, or a
+    `postgresql://` URL (then asyncpg is needed).
 
-    The file's directory must exist (the usage log, opened first, creates it);
-    raises `ResponseStoreError` naming the path when it cannot be opened."""
-    # imported here so a PostgreSQL deployment never loads the SQLite backend (and
-    # store_sqlite can import this module's names without a cycle)
+    An SQLite file's directory must exist (the usage log, opened first, creates it);
+    raises `ResponseStoreError` naming the database when it cannot be opened."""
+    # imported here so a deployment loads only its own backend (and both backends can
+    # import this module's names without a cycle)
+    from gateway.config import is_postgres
+
+    if is_postgres(database):
+        from gateway.dialects.responses.store_postgres import PostgresResponseStore
+
+        return await PostgresResponseStore.open(database, ttl_seconds, timeout=timeout, clock=clock)
     from gateway.dialects.responses.store_sqlite import SQLiteResponseStore
 
     return await SQLiteResponseStore.open(database, ttl_seconds, timeout=timeout, clock=clock)
