@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -78,6 +79,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for warning in config.warnings:
         log.warning("%s", warning)
+    # Keys listed but none usable (their variables unset): the gateway would start and
+    # refuse every call.  Said once: not again when the configuration already said it.
+    if not config.keys and not any(w.endswith("every request will answer 401") for w in config.warnings):
+        log.warning("keys: no usable key; every request will answer 401")
     host, port = args.host or config.host, args.port or config.port
     if config.workers == 1:
         code = _serve_one(config, args.config, host, port)
@@ -88,8 +93,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from gateway.workers import supervise
 
-    log.info("gateway %s listening on http://%s:%d/v1 with %d workers", __version__, host, port, config.workers)
+    # said before the workers bind: "starting", since a taken port still stops them (one ERROR line)
+    summary = _summary(config)
+    log.info("gateway %s starting %d workers on http://%s:%d/v1 %s", __version__, config.workers, host, port, summary)
     return supervise(config.workers, lambda link: _serve_one(config, args.config, host, port, link=link))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _summary(config: Config) -> str:
+    """What the start-up line tells at a glance; `config.keys` holds only the keys that
+    authenticate (one whose variable is unset was left out, with a warning)."""
+    counts = (
+        _count(len(config.providers), "provider"),
+        _count(len(config.models), "model"),
+        _count(len(config.tiers), "tier"),
+        _count(len(config.keys), "usable key"),
+    )
+    return f"({', '.join(counts)})"
 
 
 def _serve_one(config: Config, path: str, host: str, port: int, *, link: WorkerLink | None = None) -> int:
@@ -116,11 +139,13 @@ def _serve_one(config: Config, path: str, host: str, port: int, *, link: WorkerL
     try:
         sock = listening_socket(host, port, reuse_port=config.workers > 1)
     except OSError as exc:
-        return failed(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        # one line, no traceback; for the commonest cause, the way out
+        hint = " (another process holds this port: choose another with --port)" if exc.errno == errno.EADDRINUSE else ""
+        return failed(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}")
 
     def started() -> None:
         if link is None:
-            log.info("gateway %s listening on http://%s:%d/v1", __version__, host, port)
+            log.info("gateway %s listening on http://%s:%d/v1 %s", __version__, host, port, _summary(config))
 
     try:
         app = create_app(config, path)
