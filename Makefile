@@ -2,27 +2,39 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config/gateway.yaml
+PORT   ?=
 RUFF   := $(VENV)/bin/ruff
 LINT_PATHS := gateway tests scripts
+# `make run PORT=8090` / `make demo PORT=8090`: another port than the configuration's (8080)
+PORT_ARG = $(if $(PORT),--port $(PORT))
 
-.PHONY: install node-deps run test lint format demo bench soak schemas clean
+.PHONY: install install-dev node-deps run test lint format demo bench soak schemas dist clean
 
+# The venv that serves traffic gets the runtime dependencies only (setup.cfg's
+# install_requires); the tools (pytest, ruff, hypothesis, the SDKs, shiv) come with
+# install-dev, which the targets that need them ask for.  One stamp file each.
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: setup.cfg
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 run: install
-	$(PY) -m gateway serve --config $(CONFIG)
+	$(PY) -m gateway serve --config $(CONFIG) $(PORT_ARG)
 
-lint: install
+lint: install-dev
 	$(RUFF) check $(LINT_PATHS)
 	$(RUFF) format --check $(LINT_PATHS)
 
-format: install
+format: install-dev
 	$(RUFF) format $(LINT_PATHS)
 	$(RUFF) check --fix $(LINT_PATHS)
 
@@ -35,17 +47,22 @@ node-deps:
 test: lint node-deps
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-demo: install
-	$(PY) scripts/demo.py
+# the demo drives the gateway with the official openai SDK, a dev dependency
+demo: install-dev
+	$(PY) scripts/demo.py $(PORT_ARG)
 
-bench: install
+# one executable file, dist/gateway: the gateway and its runtime dependencies (shiv zipapp)
+dist: install-dev
+	$(PY) scripts/build_dist.py dist/gateway
+
+bench: install-dev
 	$(PY) scripts/bench/run.py
 
-soak: install
+soak: install-dev
 	$(PY) scripts/soak.py --requests 20000 --concurrency 32
 
-schemas: install
+schemas: install-dev
 	$(PY) scripts/extract_schemas.py ../shared/spec/openai-openapi.json tests/schemas/openai.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache tests/node/node_modules
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache tests/node/node_modules
