@@ -114,7 +114,8 @@ async def test_rpm_is_exact_across_two_processes(pair: Any) -> None:
 
 async def test_concurrency_is_exact_across_two_processes(pair: Any) -> None:
     fake, one, two = await pair({"concurrency": 3})
-    fake.script(*(Reply(json=TEXT, delay=2.0) for _ in range(10)))  # slow: all ten arrive while 3 run
+    # slow answers: all ten arrive while three run (a fourth upstream call would get the fake's 599)
+    fake.script(*(Reply(json=TEXT, delay=3.0) for _ in range(3)))
     async with fresh_session() as session:
         answers = await asyncio.gather(*(call(session, (one, two)[i % 2]) for i in range(10)))
         assert sorted(status for status, _, _ in answers) == [200] * 3 + [429] * 7
@@ -140,7 +141,7 @@ async def test_the_monthly_quota_is_shared(pair: Any) -> None:
 
 
 async def test_a_killed_process_frees_its_slot_within_the_lease(pair: Any) -> None:
-    lease = 1.5
+    lease = 2.4  # renewed every 0.8 s: a 1.6 s stall of a loaded machine still keeps it
     fake, one, two = await pair({"concurrency": 1}, lease_ttl=lease)
     fake.script(Reply(body=FIRST_EVENTS, content_type="text/event-stream", stall=True))
     async with fresh_session() as session:
