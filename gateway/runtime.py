@@ -29,10 +29,10 @@ class Runtime:
 
 
 # What a reload cannot change in a running process: the listening socket, the number
-# of processes, the usage database.  Every other `server.*` setting applies live
+# of processes, the usage database, the shared-state connection.  Every other `server.*` setting applies live
 # (gateway/server.py); the rest of the file applies to the next request.
 _RESTART_ONLY: Final = (("server.host", "host"), ("server.port", "port"), ("server.workers", "workers"),
-                        ("database", "database"))  # fmt: skip
+                        ("database", "database"), ("state", "state"))  # fmt: skip
 
 
 def restart_only_changes(old: Config, new: Config) -> list[tuple[str, object, object]]:
