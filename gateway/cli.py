@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     return _usage(args.config, args.since, args.tiers)
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, probe_database: bool = False) -> Config | None:
+    """The configuration, or None after printing its problems under the file's name
+    (named here once: the problems themselves start with their line and column)."""
     try:
-        return load_config(path)
+        return load_config(path, probe_database=probe_database)
     except ConfigError as exc:
         print(f"{path}: invalid configuration:", file=sys.stderr)
         for line in exc.errors:
@@ -60,15 +62,17 @@ def _load(path: str) -> Config | None:
 
 
 def _check(path: str) -> int:
-    config = _load(path)
+    # check-config also looks inside an existing database file (serve finds out when it
+    # opens it, and says so in one ERROR line)
+    config = _load(path, probe_database=True)
     if config is None:
         return 2
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(
-        f"{path}: OK ({len(config.providers)} providers, {len(config.models)} models, "
-        f"{len(config.tiers)} tiers, {len(config.keys)} keys)"
-    )
+    # config.keys holds the usable keys only: one whose variable is unset was left out
+    counts = (_count(len(config.providers), "provider"), _count(len(config.models), "model"),
+              _count(len(config.tiers), "tier"), _count(len(config.keys), "key"))  # fmt: skip
+    print(f"{path}: OK ({', '.join(counts)})")
     return 0
 
 

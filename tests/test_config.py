@@ -103,7 +103,10 @@ def test_server_connection_settings_defaults_and_values() -> None:
     ("mutate", "expected"),
     [
         (lambda d: d["tiers"]["pro"]["models"].append("gpt-5"), "tiers.pro.models[2]: unknown model 'gpt-5'"),
-        (lambda d: d["keys"].append({"name": "c", "key": "x", "tier": "gold"}), "keys[2]: tier 'gold' is not defined"),
+        (
+            lambda d: d["keys"].append({"name": "c", "key": "x", "tier": "gold"}),
+            "keys[2].tier: tier 'gold' is not defined",
+        ),
         (
             lambda d: d["models"].append({"id": "gpt-4o", "provider": "openai"}),
             "models[3].id: duplicate model id 'gpt-4o' (first at models[0])",

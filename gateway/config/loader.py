@@ -1,4 +1,7 @@
-"""Reading a configuration file: YAML in, a validated `Config` out."""
+"""Reading a configuration file: YAML in, a validated `Config` out.
+
+The messages do not repeat the file's name: whoever reports them names it once
+(`gateway check-config` prints "<file>: invalid configuration:" above them)."""
 
 from __future__ import annotations
 
@@ -7,28 +10,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gateway.config.document import DocumentError, read_document
 from gateway.config.model import Config, ConfigError
 from gateway.config.parser import Parser
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate `path`; raise `ConfigError` listing every problem."""
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, probe_database: bool = False
+) -> Config:
+    """Read and validate `path`; raise `ConfigError` listing every problem, each with
+    its line and column.  A relative SQLite `database` is resolved against the file's
+    folder.  `probe_database` also refuses an existing database path that is a
+    directory or not an SQLite file (`check-config`; `serve` finds out when it opens it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"cannot read: {exc.strerror or exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}: {where}invalid YAML: {problem}"]) from None
-    created = int(path.stat().st_mtime)
-    return parse_config(raw, os.environ if environ is None else environ, created=created)
+        document = read_document(text)
+    except DocumentError as exc:
+        raise ConfigError([str(exc)]) from None
+    parser = Parser(
+        os.environ if environ is None else environ,
+        int(path.stat().st_mtime),
+        marks=document.marks,
+        folder=path.absolute().parent,
+        probe_database=probe_database,
+    )
+    for place, where, message in document.duplicates:
+        parser.error_at(place, where, message)
+    return parser.parse(document.data)
 
 
 def parse_config(raw: Any, environ: Mapping[str, str], created: int = 0) -> Config:

@@ -32,6 +32,8 @@ class Parser(ServerSections, ProviderSections, AccessSections):
         server = self.mapping(top.get("server"), "server", SERVER_FIELDS)
         host = self.string(server, "host", "server") or "127.0.0.1"
         port = int(self.number(server, "port", "server", 8080, integer=True))
+        if port > 65535:  # the kernel would bind another port (the number modulo 65536) or refuse
+            self.error("server.port", f"must be a port number from 1 to 65535, got {port}")
         max_body = int(self.number(server, "max_body_bytes", "server", 32 * 1024 * 1024, integer=True))
         shutdown_timeout = self.number(server, "shutdown_timeout", "server", 30.0)
         workers = int(self.number(server, "workers", "server", 1, integer=True))
@@ -42,7 +44,7 @@ class Parser(ServerSections, ProviderSections, AccessSections):
 
         providers = dict(self.providers(top.get("providers")))
         models = self.models(top.get("models"), providers)
-        tiers = self.tiers(top.get("tiers"), models)
+        tiers = self.tiers(top.get("tiers"), models, self.unnamed_models)
         keys = self.keys(top.get("keys"), tiers)
         if workers > 1 and any(k.limits != Limits() for k in keys.values()):
             self.warnings.append(
@@ -50,7 +52,7 @@ class Parser(ServerSections, ProviderSections, AccessSections):
                 f"so a key may get up to {workers} times its limit"
             )
         if self.errors:
-            raise ConfigError(self.errors)
+            raise ConfigError(self.errors_in_file_order())
         return Config(
             host=host,
             port=port,

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from gateway.config.model import PROVIDER_KINDS, Deployment, Model, Provider, Timeouts
-from gateway.config.reader import FieldReader, _kind
+from gateway.config.reader import FieldReader, _kind, did_you_mean
+
+_VERSION: Final = re.compile(r"^v\d+")  # /v1, /v1beta, /v4: where OpenAI-compatible APIs live
+_MODEL_FIELDS: Final = ("id", "provider", "upstream", "owned_by", "created", "max_tokens", "deployments")
+
+
+def missing_version(base_url: str) -> str | None:
+    """Why an OpenAI-kind `base_url` is probably one segment short, or None.  The gateway
+    appends `/chat/completions` to it, and OpenAI-compatible servers (OpenAI, Groq,
+    OpenRouter, Ollama, Gemini's /v1beta/openai...) serve that under a version segment."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    if any(_VERSION.match(segment) for segment in path.split("/")):
+        return None
+    host = parts.netloc.rpartition("@")[2]  # never a user:password into a warning
+    return (
+        f"no version segment such as /v1; requests would go to {parts.scheme}://{host}{path}/chat/completions "
+        "(OpenAI-compatible servers serve /v1/chat/completions)"
+    )
 
 
 class ProviderSections(FieldReader):
+    # what entries without an `id` hold under unknown fields (`idd: gpt-4o`): most likely
+    # the ids they meant, so a tier naming one is not reported as well
+    unnamed_models: frozenset[str] = frozenset()
+
     def providers(self, raw: Any) -> Iterator[tuple[str, Provider]]:
         where = "providers"
+        if raw is None or not isinstance(raw, dict):
+            self.failed.add(where)  # models naming a provider would each repeat this
         if raw is None:
-            self.error(where, "required: at least one provider")
+            if where not in self.misspelled:
+                self.error(where, "required: at least one provider")
             return
         section = self.mapping(raw, where, tuple(raw) if isinstance(raw, dict) else ())
         allowed = (
@@ -33,6 +60,8 @@ class ProviderSections(FieldReader):
             base_url = expanded or ""
             if base_url and not base_url.startswith(("http://", "https://")):
                 self.error(f"{here}.base_url", "must start with http:// or https://")
+            elif base_url and kind == "openai" and (why := missing_version(base_url)) is not None:
+                self.warn(f"{here}.base_url", why)
             api_keys, api_key_env = self.api_keys(spec, here)
             api_key = api_keys[0] if api_keys else None
             headers = self.headers(spec.get("headers"), f"{here}.headers")
@@ -92,7 +121,7 @@ class ProviderSections(FieldReader):
             if value is None:
                 first_unset = first_unset or unset
                 consequence = "this key is skipped" if len(raw) > 1 else "requests to this provider will answer 503"
-                self.warnings.append(f"{where}: environment variable {unset} is not set; {consequence}")
+                self.warn(where, f"environment variable {unset} is not set; {consequence}")
             else:
                 keys.append(value)
         return tuple(keys), first_unset
@@ -118,21 +147,24 @@ class ProviderSections(FieldReader):
     def models(self, raw: Any, providers: dict[str, Provider]) -> dict[str, Model]:
         out: dict[str, Model] = {}
         first_seen: dict[str, int] = {}
+        if raw is None or not isinstance(raw, list):
+            self.failed.add("models")  # tiers naming models would each repeat this
         if raw is None:
-            self.error("models", "required: at least one model")
+            if "models" not in self.misspelled:
+                self.error("models", "required: at least one model")
             return out
         if not isinstance(raw, list):
             self.error("models", f"must be a list, got {_kind(raw)}")
             return out
+        unnamed: set[str] = set()
         for i, spec in enumerate(raw):
             here = f"models[{i}]"
-            spec = self.mapping(
-                spec, here, ("id", "provider", "upstream", "owned_by", "created", "max_tokens", "deployments")
-            )
+            spec = self.mapping(spec, here, _MODEL_FIELDS)
             model_id = self.string(spec, "id", here, required=True)
             deployments = self.deployments(spec, here, providers, model_id or "")
             provider = deployments[0].provider if deployments else None
             if model_id is None:
+                unnamed.update(str(v) for k, v in spec.items() if k not in _MODEL_FIELDS and isinstance(v, str))
                 continue
             if model_id in first_seen:
                 self.error(f"{here}.id", f"duplicate model id {model_id!r} (first at models[{first_seen[model_id]}])")
@@ -151,6 +183,7 @@ class ProviderSections(FieldReader):
                 max_tokens=max_tokens,
                 deployments=tuple(deployments),
             )
+        self.unnamed_models = frozenset(unnamed)
         return out
 
     def deployments(
@@ -172,7 +205,8 @@ class ProviderSections(FieldReader):
             item = self.mapping(item, where, ("provider", "upstream", "weight", "priority"))
             provider = self.string(item, "provider", where, required=True)
             if provider is not None and provider not in providers:
-                self.error(f"{where}.provider", f"unknown provider {provider!r}")
+                if "providers" not in self.failed:
+                    self.error(f"{where}.provider", f"unknown provider {provider!r}{did_you_mean(provider, providers)}")
                 provider = None
             weight = self.number(item, "weight", where, 1.0)
             priority = int(self.number(item, "priority", where, 0, integer=True, zero=True))

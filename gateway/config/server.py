@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any, Final
 
+from gateway.config import database as sqlite_path
 from gateway.config.model import Config, Routing, State
 from gateway.config.reader import FieldReader
 
@@ -22,6 +23,16 @@ class ServerSections(FieldReader):
         if value is None:
             self.error("database", f"environment variable {unset} is not set")
             return "data/gateway.db"
+        if self.folder is None:  # a document built in code: nothing on disk to check
+            return value
+        value = sqlite_path.resolve(value, self.folder)
+        error, note = sqlite_path.folder_problem(value)
+        if error is None and self.probe_database:
+            error = sqlite_path.file_problem(value)
+        if error is not None:
+            self.error("database", error)
+        if note is not None:
+            self.warn("database", note)
         return value
 
     def state(self, raw: Any) -> State:
