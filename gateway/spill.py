@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,13 @@ class Spill:
         self._base = Path(database) if database else None
         self.own: SpillFile | None = None  # the file this process appends to
         self.adopted: list[SpillFile] = []  # other processes' files, being replayed here
+        # the writer calls one method at a time, but a close() that gave up on a stuck
+        # writer spills while the writer's own append may still run in its thread
+        self._lock = threading.Lock()
 
     @property
     def pending(self) -> int:
-        files = self.files()
-        return sum(f.pending for f in files)
+        return sum(max(0, f.pending) for f in self.files())
 
     def files(self) -> list[SpillFile]:
         return [*self.adopted, *([self.own] if self.own is not None else [])]
@@ -74,6 +77,10 @@ class Spill:
         """Write `rows` at the end of this process's file, durably (fsync), or raise OSError."""
         if self._base is None:
             raise OSError("no spill file for an in-memory database")
+        with self._lock:
+            self._append(rows)
+
+    def _append(self, rows: list[Row]) -> None:
         own = self.own or self._create()
         data = b"".join(map(_line, rows))
         try:
@@ -157,11 +164,14 @@ class Spill:
 
     def release(self) -> None:
         """Let go of every file, keeping it for the next start (graceful stop)."""
+        locked = self._lock.acquire(timeout=1.0)  # a stuck append must not hold up the stop
         for spill in self.files():
             with contextlib.suppress(OSError):
                 os.close(spill.fd)
         self.own = None
         self.adopted = []
+        if locked:
+            self._lock.release()
 
 
 def _lock(path: Path) -> SpillFile | None:

@@ -75,6 +75,7 @@ class UsageStore:
         self._closing = False
         self._flushing = 0  # flush() calls waiting
         self._failing: str | None = None  # why writes fail, while they do
+        self._stuck = False  # the spill failed too: rows wait in memory, flush() cannot help
         self._retry_in = _RETRY_FIRST
         self._done = 0  # rows that left memory, for flush()
         self._written = self._failures = self._dropped = self._spilled = self._replayed = 0
@@ -134,7 +135,7 @@ class UsageStore:
         self._flushing += 1
         self._wake.set()
         try:
-            while self._done < target and not self._writer.done():
+            while self._done < target and not self._writer.done() and not self._stuck:
                 self._progress.clear()
                 await self._progress.wait()
         finally:
@@ -197,6 +198,7 @@ class UsageStore:
             else:
                 await self._backoff()
             return
+        self._stuck = False
         self._left_memory(len(self._batch))
         self._written += len(self._batch)
         self._batch = []
@@ -233,7 +235,7 @@ class UsageStore:
         """Sleep, cut short only by what cannot wait: close, flush, the memory bound."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        while not (self._closing or self._flushing or len(self._rows) >= self._max_queued):
+        while not (self._closing or (self._flushing and not self._stuck) or len(self._rows) >= self._max_queued):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -272,6 +274,7 @@ class UsageStore:
             lost = max(0, len(rows) - keep)
             self._batch = rows[lost:]
             self._dropped += lost
+            self._stuck = True
             self._left_memory(lost)
             log.error(
                 "usage log: cannot spill %d rows beside %s: %s; %d rows dropped",
@@ -284,6 +287,7 @@ class UsageStore:
                 await self._backoff()
             return
         self._spilled += len(rows)
+        self._stuck = False
         self._left_memory(len(rows))
         log.warning("usage log: %d rows spilled to %s", len(rows), self._spill.own.path if self._spill.own else "?")
 

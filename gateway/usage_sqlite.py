@@ -8,12 +8,15 @@ process alive) and raises `UsageLogError` with one line naming the path and the 
 so a retry never inserts a row twice.  `mark` = (spill file id, byte offset) is stored
 in the same transaction (table `usage_spill`): how far that spill file has been
 replayed, so a replay cut by a crash resumes where it stopped instead of repeating.
+A database file removed or replaced under the running gateway is noticed at the next
+batch and the path opened again (a new, empty log if the file is gone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -153,6 +156,14 @@ async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
             await asyncio.sleep(0.1)
 
 
+def _identity(path: str | None) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st else None
+
+
 class SqliteSink:
     """The usage log in one SQLite file (see the module docstring)."""
 
@@ -160,6 +171,7 @@ class SqliteSink:
         self.db = db
         self.target = path  # named in log lines and `degraded()`: a path holds no secret
         self.spill_base: str | None = None if path == ":memory:" else path
+        self._file = _identity(self.spill_base)
 
     @classmethod
     async def open(cls, path: str) -> SqliteSink:
@@ -167,6 +179,7 @@ class SqliteSink:
 
     async def write(self, rows: Sequence[Row], mark: tuple[str, int] | None = None) -> None:
         """Insert `rows` (and the spill mark) in one transaction: all or nothing."""
+        await self._same_file()
         try:
             await self._insert(rows, mark)
         except _DATA_ERRORS:
@@ -187,8 +200,20 @@ class SqliteSink:
                 await self.db.rollback()
             raise
 
+    async def _same_file(self) -> None:
+        """Reopen the path when the file was removed or replaced: the open connection
+        would go on writing, without an error, into a file nobody reads any more.
+        One stat() per batch; a reopen that fails is a failed write (retried, spilled)."""
+        if self.spill_base is None or _identity(self.spill_base) == self._file:
+            return
+        with contextlib.suppress(Exception):
+            await self.db.close()
+        self.db = await open_db(self.spill_base)
+        self._file = _identity(self.spill_base)
+
     async def replayed(self, spill_id: str) -> int:
         """Bytes of spill file `spill_id` already in the log (0: none)."""
+        await self._same_file()
         async with self.db.execute("SELECT replayed_bytes FROM usage_spill WHERE spill_id = ?", (spill_id,)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0

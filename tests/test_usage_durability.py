@@ -151,6 +151,33 @@ async def test_close_with_the_database_locked_spills_within_budget(tmp_path: Pat
     assert _count(db) == (50, 500)
 
 
+async def test_a_removed_database_file_is_opened_again(tmp_path: Path) -> None:
+    db = tmp_path / "u.db"
+    store = await UsageStore.open(str(db))
+    store.record(_row(0))
+    await store.flush()
+    for suffix in ("", "-wal", "-shm"):  # an operator moved the log away
+        (tmp_path / f"u.db{suffix}").unlink(missing_ok=True)
+    for i in range(1, 11):
+        store.record(_row(i))
+    await store.flush()
+    assert _count(db) == (10, 100)  # not written into the unlinked file
+    await store.close()
+
+
+async def test_a_row_the_database_refuses_is_coerced_not_lost(tmp_path: Path) -> None:
+    db = tmp_path / "u.db"
+    store = await UsageStore.open(str(db))
+    store.record(_row(0))
+    junk = UsageRecord(ts=time.time(), status=None, model={"a": 1}, total_tokens=2**70)  # type: ignore[arg-type]
+    store.record(junk)
+    store.record(_row(2))
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT request_id, status, model, total_tokens FROM usage ORDER BY id").fetchall()
+    assert rows == [("r0", 200, "m", 10), (None, 0, "{'a': 1}", 0), ("r2", 200, "m", 10)]
+
+
 # -- replay is exactly once, and respects other processes' files ---------------------------
 
 
