@@ -54,7 +54,9 @@ class Live:
         try:
             config = load_config(self.path)
         except ConfigError as exc:
-            log.error("reload rejected, the old configuration stays in force:\n  %s", "\n  ".join(exc.errors))
+            log.error(
+                "reload of %s rejected, the old configuration stays in force:\n  %s", self.path, "\n  ".join(exc.errors)
+            )
             return False
         for setting, before, after in restart_only_changes(self.current.config, config):
             log.warning("reload: %s changed (%s -> %s); it takes effect only after a restart", setting, before, after)
