@@ -324,3 +324,16 @@ def test_the_ok_line_counts_in_words(capsys: pytest.CaptureFixture[str]) -> None
     code, out, _ = check(ROOT / "config" / "demo.yaml", capsys)
     assert code == 0
     assert out.endswith("OK (3 providers, 3 models, 1 tier, 1 key)\n"), out
+
+
+def test_workers_and_limits_warn_only_without_shared_state() -> None:
+    from conftest import ENV, base_config
+
+    from gateway.config import parse_config
+
+    doc = base_config({"oai": ("openai", "http://127.0.0.1:9/v1")}, "/tmp/unused.db", server={"workers": 2})
+    doc["tiers"]["free"]["limits"] = {"rpm": 10}
+    alone = parse_config(doc, ENV)
+    assert any("counted per worker process" in w for w in alone.warnings)
+    shared = parse_config({**doc, "state": {"redis": "redis://127.0.0.1:6379/0"}}, ENV)
+    assert not any("counted per worker process" in w for w in shared.warnings)  # Redis counts for all of them

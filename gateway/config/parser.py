@@ -46,7 +46,7 @@ class Parser(ServerSections, ProviderSections, AccessSections):
         models = self.models(top.get("models"), providers)
         tiers = self.tiers(top.get("tiers"), models, self.unnamed_models)
         keys = self.keys(top.get("keys"), tiers)
-        if workers > 1 and any(k.limits != Limits() for k in keys.values()):
+        if workers > 1 and state.redis is None and any(k.limits != Limits() for k in keys.values()):
             self.warnings.append(
                 f"server.workers is {workers}: tier and key limits are counted per worker process, "
                 f"so a key may get up to {workers} times its limit"
