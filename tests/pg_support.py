@@ -7,6 +7,7 @@ binary fails the test under CI (env CI set) and skips it, saying why, elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ from processes import free_port
 
 POSTGRES_URL = os.environ.get("POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+_PREFIX = "gateway-pg-"  # private servers' directories under the temp dir
 
 
 def unavailable(why: str, *, module: bool = False) -> None:
@@ -111,12 +113,31 @@ class OwnPostgres:
             except KeyError:
                 unavailable("running as root and there is no 'postgres' user to run a private server as")
             self._as = ["runuser", "-u", "postgres", "--"]
-        self.dir = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
+        self._remove_orphans()
+        self.dir = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.dir / "owner").write_text(str(os.getpid()))
         if self._as:
             shutil.chown(self.dir, "postgres")
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._run(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _remove_orphans(self) -> None:
+        """Stop and delete the private servers of test runs that were killed before
+        their teardown (their owner process is gone): they would run forever."""
+        for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+            try:
+                owner = int((directory / "owner").read_text())
+                os.kill(owner, 0)
+                continue  # its run is still going
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue  # not ours to judge
+            if (directory / "data" / "postmaster.pid").exists():
+                with contextlib.suppress(AssertionError, subprocess.SubprocessError):
+                    self._run(self._ctl, "-D", str(directory / "data"), "-m", "immediate", "-w", "stop")
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _run(self, *args: str) -> None:
         done = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=60, check=False)
