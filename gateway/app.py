@@ -83,9 +83,8 @@ async def _usage_store(app: web.Application) -> AsyncIterator[None]:
     if is_postgres(config.database):
         from gateway.usage_postgres import DEFAULT_SPILL_DIR, PostgresSink  # asyncpg only when used
 
-        # a URL has no directory to spill beside: `usage_spill_dir` once the config has
-        # it, else data/ in the working directory (as the SQLite default)
-        spill_dir = getattr(config, "usage_spill_dir", None) or DEFAULT_SPILL_DIR
+        # a URL has no directory to spill beside: `usage_spill_dir` (config/ decides its default)
+        spill_dir = config.usage_spill_dir or DEFAULT_SPILL_DIR
         store = await UsageStore.start(await PostgresSink.open(config.database, spill_dir=spill_dir))
     else:
         store = await UsageStore.open(config.database)

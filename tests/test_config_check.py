@@ -337,3 +337,15 @@ def test_workers_and_limits_warn_only_without_shared_state() -> None:
     assert any("counted per worker process" in w for w in alone.warnings)
     shared = parse_config({**doc, "state": {"redis": "redis://127.0.0.1:6379/0"}}, ENV)
     assert not any("counted per worker process" in w for w in shared.warnings)  # Redis counts for all of them
+
+
+def test_the_usage_spill_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://gw@127.0.0.1:5432/db"
+    assert load_config(write(folder, BASE, db=url)).usage_spill_dir == str(folder / "data")  # the default
+    config = load_config(write(folder, BASE + "usage_spill_dir: spill\n", db=url))
+    assert config.usage_spill_dir == str(folder / "spill")
+    config = load_config(write(folder, BASE + f"usage_spill_dir: {tmp_path / 'abs'}\n", db=url))
+    assert config.usage_spill_dir == str(tmp_path / "abs")

@@ -157,6 +157,9 @@ class Config:
     max_connections: int | None = None  # per process; None = from the open-file limit (gateway/server.py)
     max_upstream_body_bytes: int = 64 * 1024 * 1024  # largest non-streamed upstream answer read
     state: State = field(default_factory=State)
+    # where usage rows a PostgreSQL `database` could not take wait (an SQLite database
+    # spills beside its own file); None = data/ in the working directory
+    usage_spill_dir: str | None = None
     responses_ttl_seconds: float = 30 * 86400.0  # stored Responses (`store: true`) live this long (responses.ttl_days)
 
 

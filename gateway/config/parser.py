@@ -15,7 +15,19 @@ class Parser(ServerSections, ProviderSections, AccessSections):
         top = self.mapping(
             raw,
             "(top level)",
-            ("server", "database", "providers", "models", "tiers", "keys", "routing", "metrics", "responses", "state"),
+            (
+                "server",
+                "database",
+                "providers",
+                "models",
+                "tiers",
+                "keys",
+                "routing",
+                "metrics",
+                "responses",
+                "state",
+                "usage_spill_dir",
+            ),  # fmt: skip
         )
         responses = self.mapping(top.get("responses"), "responses", ("ttl_days",))
         ttl_days = self.number(responses, "ttl_days", "responses", 30.0)
@@ -41,6 +53,7 @@ class Parser(ServerSections, ProviderSections, AccessSections):
         routing = self.routing(top.get("routing"))
         database = self.database(top.get("database", "data/gateway.db"))
         state = self.state(top.get("state"))
+        spill_dir = self.spill_dir(top.get("usage_spill_dir"))
 
         providers = dict(self.providers(top.get("providers")))
         models = self.models(top.get("models"), providers)
@@ -69,5 +82,6 @@ class Parser(ServerSections, ProviderSections, AccessSections):
             metrics_key_sha256=metrics_key,
             responses_ttl_seconds=ttl_days * 86400.0,
             state=state,
+            usage_spill_dir=spill_dir,
             **connections,
         )

@@ -35,6 +35,20 @@ class ServerSections(FieldReader):
             self.warn("database", note)
         return value
 
+    def spill_dir(self, raw: Any) -> str | None:
+        """`usage_spill_dir`: a folder, relative to the configuration file's like `database`;
+        unset, `data/` beside the configuration file (from a file) or in the working directory."""
+        if raw is None:
+            return str(self.folder / "data") if self.folder is not None else None
+        if not isinstance(raw, str) or not raw:
+            self.error("usage_spill_dir", "must be a folder path")
+            return None
+        value, unset = self.expand(raw, "usage_spill_dir")
+        if value is None:
+            self.error("usage_spill_dir", f"environment variable {unset} is not set")
+            return None
+        return str(self.folder / value) if self.folder is not None else value
+
     def state(self, raw: Any) -> State:
         spec = self.mapping(raw, "state", ("redis", "on_error", "timeout_ms"))
         d = State()
