@@ -25,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.spill import Spill, SpillFile
 from gateway.usage_record import CLIENT_CLOSED, ROW, Row, UsageLogError, UsageRecord, now
@@ -97,7 +97,7 @@ class UsageStore:
         return store
 
     @property
-    def _db(self) -> object:
+    def _db(self) -> Any:
         """The SQLite connection (tests/conftest.py reads the rows through it)."""
         return getattr(self._sink, "db", None)
 
