@@ -30,7 +30,7 @@ class Runtime:
 
 # What a reload cannot change in a running process: the listening socket, the number
 # of processes, the usage database, the shared-state connection.  Every other `server.*` setting applies live
-# (gateway/server.py); the rest of the file applies to the next request.
+# (gateway/server/); the rest of the file applies to the next request.
 _RESTART_ONLY: Final = (("server.host", "host"), ("server.port", "port"), ("server.workers", "workers"),
                         ("database", "database"), ("state", "state"))  # fmt: skip
 
@@ -55,7 +55,7 @@ class Live:
             config = load_config(self.path)
         except ConfigError as exc:
             log.error(
-                "reload of %s rejected, the old configuration stays in force:\n  %s", self.path, "\n  ".join(exc.errors)
+                "reload rejected (%s), the old configuration stays in force:\n  %s", self.path, "\n  ".join(exc.errors)
             )
             return False
         for setting, before, after in restart_only_changes(self.current.config, config):
