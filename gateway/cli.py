@@ -1,9 +1,10 @@
-"""Command line: `gateway serve | check-config | usage`."""
+"""Command line: `gateway serve | check-config | usage | keys`."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import re
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="stderr lines as text, or one JSON object each"
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file (exit 2 when invalid)")
     check.add_argument("--config", required=True)
@@ -40,13 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--config", required=True)
     usage.add_argument("--since", help="ISO date/time (2026-11-01) or a span back from now (30m, 24h, 7d)")
     usage.add_argument("--tiers", action="store_true", help="also print totals per tier")
+    usage.add_argument("--errors", action="store_true", help="also print failed calls by error code and status")
+    usage.add_argument("--json", action="store_true", help="every table as one JSON object")
+
+    keys = sub.add_parser("keys", help="make a client key; list the configured ones").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new = keys.add_parser("new", help="print a new random key once, and the keys: entry (its sha256) to paste")
+    new.add_argument("--name", required=True)
+    new.add_argument("--tier", required=True)
+    new.add_argument("--config", help="check that the tier exists and the name is free in this file")
+    listing = keys.add_parser("list", help="the keys of a configuration: tier, limits, usable or not")
+    listing.add_argument("--config", required=True)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
         return _check(args.config)
-    return _usage(args.config, args.since, args.tiers)
+    if args.command == "keys":
+        return _keys_new(args.name, args.tier, args.config) if args.keys_command == "new" else _keys_list(args.config)
+    return _usage(args.config, args.since, args.tiers, errors=args.errors, as_json=args.json)
 
 
 def _load(path: str, *, probe_database: bool = False) -> Config | None:
@@ -77,7 +95,9 @@ def _check(path: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)  # before any fork: workers log the same way
     config = _load(args.config)
     if config is None:
         return 2
@@ -100,7 +120,10 @@ def _serve(args: argparse.Namespace) -> int:
     # said before the workers bind: "starting", since a taken port still stops them (one ERROR line)
     summary = _summary(config)
     log.info("gateway %s starting %d workers on http://%s:%d/v1 %s", __version__, config.workers, host, port, summary)
-    return supervise(config.workers, lambda link: _serve_one(config, args.config, host, port, link=link))
+    code = supervise(config.workers, lambda link: _serve_one(config, args.config, host, port, link=link))
+    if code == 0:  # each worker said "stopped in ..."; this is the whole gateway's last line
+        log.info("gateway stopped: all %d workers have exited", config.workers)
+    return code
 
 
 def _count(n: int, noun: str) -> str:
@@ -199,9 +222,10 @@ def parse_since(value: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
-def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
-    """Totals per key and model; per tier with `by_tier`; and, for every key with a
-    monthly quota, what is left of it this calendar month (UTC), whatever `since` says."""
+def _usage(path: str, since: str | None, by_tier: bool = False, *, errors: bool = False, as_json: bool = False) -> int:
+    """Totals per key and model; per tier with `by_tier`; failed calls by error code and
+    status with `errors`; and, for every key with a monthly quota, what is left of it
+    this calendar month (UTC), whatever `since` says.  `as_json`: all of it, as JSON."""
     config = _load(path)
     if config is None:
         return 2
@@ -212,31 +236,43 @@ def _usage(path: str, since: str | None, by_tier: bool = False) -> int:
         return 2
     from gateway.limits import month_start
     from gateway.usage_record import UsageLogError
+    from gateway.usage_report import as_json as report_json
     from gateway.usage_report import nothing_logged, read_report
 
+    month_since = month_start(time.time())
     try:
-        found = read_report(config.database, start, month_start(time.time()))
+        found = read_report(config.database, start, month_since)
     except UsageLogError as exc:  # names the database, never its password
         print(f"cannot read the usage log: {exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:
         print(f"cannot read the usage log: usage database {config.database}: {exc}", file=sys.stderr)
         return 1
+    month = found.month if found is not None else {}
+    quotas = [
+        (key.name, key.tier, key.limits.tokens_per_month, month.get(key.name) or 0)
+        for key in sorted(config.keys.values(), key=lambda k: k.name)
+        if key.limits.tokens_per_month is not None
+    ]
+    if as_json:
+        print(json.dumps(report_json(found, start if since else None, month_since, quotas), indent=2))
+        return 0
     if found is None:
         print(nothing_logged(config.database))
         return 0
-    rows, tiers, month = found
+    rows, tiers = found.by_key, found.by_tier
     _table(("key", "model", "requests", "errors", "prompt", "completion", "total", "estimated"), rows, 2)
     if not rows:
         print("(no requests in this period)")
     if by_tier and tiers:
         print()
         _table(("tier", "requests", "errors", "prompt", "completion", "total"), tiers, 1)
-    quotas = [
-        (key.name, key.tier, key.limits.tokens_per_month, month.get(key.name) or 0)
-        for key in sorted(config.keys.values(), key=lambda k: k.name)
-        if key.limits.tokens_per_month is not None
-    ]
+    if errors:
+        print()
+        if found.errors:
+            _table(("key", "model", "error_code", "status", "requests"), found.errors, 3)
+        else:
+            print("(no failed requests in this period)")
     if quotas:
         print()
         _table(
@@ -254,3 +290,52 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]], text_columns
     for row in table:
         cells = zip(row, widths, strict=True)
         print("  ".join(cell.ljust(w) if i < text_columns else cell.rjust(w) for i, (cell, w) in enumerate(cells)))
+
+
+def _keys_new(name: str, tier: str, path: str | None) -> int:
+    """A new key on stdout, then its `keys:` entry (two lines a script can take apart);
+    what to do with them on stderr.  The key is not kept anywhere: shown this once."""
+    from gateway.keytool import config_problems, entry_line, name_problems, new_key
+
+    problems = name_problems(name, tier)
+    if not problems and path is not None:
+        config = _load(path)
+        if config is None:
+            return 2
+        problems = config_problems(config, path, name, tier)
+    if problems:
+        for problem in problems:
+            print(f"keys new: {problem}", file=sys.stderr)
+        return 2
+    key = new_key()
+    where = path or "the configuration"
+    print(f"a new key for {name!r} (tier {tier!r}), shown only this once: give it to its user now", file=sys.stderr)
+    print(key, flush=True)  # before the next stderr line, also when both go to one pipe
+    print(f"paste this entry under `keys:` in {where}, then reload (kill -HUP <pid>):", file=sys.stderr)
+    print(entry_line(name, tier, key), flush=True)
+    return 0
+
+
+def _keys_list(path: str) -> int:
+    """Every `keys:` entry: its tier, its limits after the tier's, and whether it can
+    authenticate (a `key: ${VAR}` whose variable is unset cannot)."""
+    from gateway.keytool import key_entries
+
+    config = _load(path)
+    if config is None:
+        return 2
+    entries = key_entries(config, path)
+    if not entries:
+        print(f"{path}: no keys")
+        return 0
+
+    def limit(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    rows = [
+        (e.name, e.tier, e.secret, "yes" if e.usable else f"no: {e.why_not}",
+         *(limit(getattr(e.limits, f)) for f in ("rpm", "tpm", "concurrency", "tokens_per_month")))
+        for e in entries
+    ]  # fmt: skip
+    _table(("name", "tier", "secret", "usable", "rpm", "tpm", "concurrency", "tokens/month"), rows, 4)
+    return 0
