@@ -125,10 +125,14 @@ def log_upstream_failure(request: web.Request, target: Target, status: int, caus
     """One WARNING per failed upstream attempt: who, where, what; never a key or prompt
     (the cause is an error code, never the upstream's message, which may quote the
     prompt; an upstream's own code is logged only when it looks like one)."""
+    fields = {
+        "request_id": request.get(REQUEST_ID), "provider": target.route.provider.name, "deployment": target.label,
+        "status": status, "cause": cause if cause and _CODE.match(cause) else "-",
+    }  # fmt: skip
+    # the same facts as fields, for `--log-format json`
     log.warning(
-        "upstream failure: request_id=%s provider=%s deployment=%s status=%d cause=%s",
-        request.get(REQUEST_ID), target.route.provider.name, target.label, status,
-        cause if cause and _CODE.match(cause) else "-",
+        "upstream failure: request_id=%(request_id)s provider=%(provider)s deployment=%(deployment)s "
+        "status=%(status)d cause=%(cause)s", fields, extra=fields,
     )  # fmt: skip
 
 
