@@ -84,6 +84,31 @@ class Admission:
     charge: _Charge | None = None  # the in-process token charge to reconcile
 
 
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """A key's counters as they stand, read without charging anything (`Limiter.peek`):
+    what the dashboard shows next to each limit.  `remaining_*` are None when unlimited."""
+
+    requests: int  # admissions in the rolling minute
+    tokens: int  # tokens charged in the rolling minute
+    in_flight: int
+    month_used: int  # tokens this calendar month (UTC)
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    remaining_concurrency: int | None = None
+    remaining_month: int | None = None
+
+
+def peek_of(limits: Limits, requests: int, tokens: int, in_flight: int, month_used: int) -> Peek:
+    """The `Peek` both limiters return, from their raw counters (one rule, two backends)."""
+
+    def left(limit: int | None, used: int) -> int | None:
+        return None if limit is None else max(0, limit - used)
+
+    return Peek(requests, tokens, in_flight, month_used, left(limits.rpm, requests), left(limits.tpm, tokens),
+                left(limits.concurrency, in_flight), left(limits.tokens_per_month, month_used))  # fmt: skip
+
+
 class Limiter(Protocol):
     async def admit(self, key: str, limits: Limits, estimated_tokens: int, now: float | None = None) -> Admission:
         """Check every limit and, when all pass, count the request (atomically)."""
@@ -95,6 +120,10 @@ class Limiter(Protocol):
 
     async def seed_month(self, used: Mapping[str, int], now: float | None = None) -> None:
         """Tokens each key already used this calendar month (from the usage log, at start)."""
+        ...
+
+    async def peek(self, key: str, limits: Limits, now: float | None = None) -> Peek:
+        """The key's counters now, read only: nothing is charged, pruned or created."""
         ...
 
 
@@ -171,6 +200,18 @@ class InProcessLimiter:
         charge.tokens = actual
         if admission.month == self._month:  # a request from last month counts in last month only
             st.month_used += actual - admission.estimate
+
+    async def peek(self, key: str, limits: Limits, now: float | None = None) -> Peek:
+        now = self.clock() if now is None else now
+        st = self._keys.get(key)  # never _state(): a look must not create a key's counters
+        if st is None:
+            return peek_of(limits, 0, 0, 0, 0)
+        horizon = now - WINDOW  # counted as _prune would, without pruning: admit() does that
+        requests = sum(1 for ts in st.requests if ts > horizon)
+        tokens = sum(c.tokens for c in st.tokens if c.ts > horizon)
+        # a month rolled since the last admission: its counter is stale until admit() rolls it
+        month_used = 0 if self._month is not None and month_index(now) > self._month else st.month_used
+        return peek_of(limits, requests, tokens, st.in_flight, month_used)
 
     # -- internals ---------------------------------------------------------------------
 

@@ -49,8 +49,10 @@ from gateway.limits import (
     TPM,
     WINDOW,
     Admission,
+    Peek,
     month_index,
     next_month_start,
+    peek_of,
 )
 
 if TYPE_CHECKING:
@@ -105,6 +107,30 @@ class Script:
 
 
 ADMIT, RELEASE, RENEW, SEED = (Script.of(s) for s in (lua.ADMIT, lua.RELEASE, lua.RENEW, lua.SEED))
+
+# `peek`: the counters ADMIT would see, read only (no pruning, no lease lapsing, no writes),
+# on Redis's clock.  KEYS: w, tk, c, q; ARGV: now ('' = TIME).  -> 'requests|tokens|in_flight|
+# month|used': the month is compared in Python (month_index), which has a calendar.
+PEEK = Script.of("""
+local w, tk, c, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local horizon = '(' .. string.format('%.17g', now - 60)
+local n = redis.call('ZCOUNT', w, horizon, '+inf')
+local tokens, start = 0, 0
+while true do  -- in pages: unpack() of thousands of ids would overflow Lua's stack
+  local ids = redis.call('ZRANGEBYSCORE', w, horizon, '+inf', 'LIMIT', start, 500)
+  if #ids == 0 then break end
+  for _, v in ipairs(redis.call('HMGET', tk, unpack(ids))) do tokens = tokens + (tonumber(v) or 0) end
+  if #ids < 500 then break end
+  start = start + 500
+end
+local live = redis.call('ZCOUNT', c, '(' .. string.format('%.17g', now), '+inf')
+local q_now = redis.call('HMGET', q, 'month', 'used')
+return n .. '|' .. tokens .. '|' .. live .. '|' .. (q_now[1] or '') .. '|' .. (q_now[2] or '0') .. '|' ..
+  string.format('%.17g', now)
+""")
 
 
 @dataclass(slots=True)
@@ -214,6 +240,16 @@ class RedisLimiter:
         Redis cannot be reached, the renewal task keeps trying."""
         if not await self._seed(used, "nx", now):
             self._pending_seed = dict(used)
+
+    async def peek(self, key: str, limits: Limits, now: float | None = None) -> Peek:
+        """The key's counters in Redis now, read only (one script, nothing written).
+        Raises what a failed Redis call raises: a dashboard says so, it decides nothing."""
+        async with asyncio.timeout(max(self.timeout, BACKGROUND_TIMEOUT)):
+            reply = await self.run_script(PEEK, self._keys(key), ["" if now is None else repr(float(now))])
+        requests, tokens, live, month, used, at = reply.split(b"|")
+        # a counter of an earlier month is stale: ADMIT would start this month at zero
+        month_used = int(used) if month and int(month) >= month_index(float(at)) else 0
+        return peek_of(limits, int(requests), int(tokens), int(live), month_used)
 
     # -- lifetime ---------------------------------------------------------------------
 
