@@ -122,7 +122,7 @@ async def open_db(path: str) -> aiosqlite.Connection:
 
 async def _prepare(db: aiosqlite.Connection) -> None:
     await db.execute(f"PRAGMA busy_timeout={_OPEN_BUSY_MS}")  # several workers may share the file
-    await _switch_to_wal(db)
+    await switch_to_wal(db)
     await db.execute("PRAGMA synchronous=NORMAL")
     # BEGIN IMMEDIATE takes the write lock before the version is read: workers starting
     # together migrate once, the others wait (busy_timeout) and find it done
@@ -143,8 +143,9 @@ async def _prepare(db: aiosqlite.Connection) -> None:
     await db.execute(f"PRAGMA busy_timeout={_WRITE_BUSY_MS}")
 
 
-async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
-    """WAL lets workers write while others read.  Switching a new file to it needs an
+async def switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
+    """WAL lets workers write while others read (the usage log and the stored Responses
+    share the file).  Switching a new file to it needs an
     exclusive lock, for which SQLite does not wait: workers starting together retry."""
     for attempt in range(tries):
         try:

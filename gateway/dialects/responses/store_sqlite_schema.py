@@ -11,9 +11,7 @@ its thread) closed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Final
@@ -21,6 +19,7 @@ from typing import Final
 import aiosqlite
 
 from gateway.dialects.responses.store import ResponseStoreError
+from gateway.usage_sqlite import switch_to_wal
 
 _OPEN_BUSY_MS: Final = 5000  # workers starting together wait for each other's migration
 
@@ -77,7 +76,7 @@ async def connect(path: str, busy_ms: int) -> aiosqlite.Connection:
 
 async def _prepare(db: aiosqlite.Connection, busy_ms: int) -> None:
     await db.execute(f"PRAGMA busy_timeout={_OPEN_BUSY_MS}")
-    await _switch_to_wal(db)
+    await switch_to_wal(db)
     await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("BEGIN IMMEDIATE")  # workers starting together migrate once
     try:
@@ -98,16 +97,3 @@ async def _prepare(db: aiosqlite.Connection, busy_ms: int) -> None:
             await db.execute("ROLLBACK")
         raise
     await db.execute(f"PRAGMA busy_timeout={busy_ms}")
-
-
-async def _switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
-    """WAL lets workers read while one writes (the usage log sets it too).  A new file
-    needs an exclusive lock for the switch, for which SQLite does not wait: retry."""
-    for attempt in range(tries):
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt + 1 == tries:
-                raise
-            await asyncio.sleep(0.1)
