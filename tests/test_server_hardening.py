@@ -1,5 +1,5 @@
 """Issue 11's attacks on the HTTP server layer, kept as tests against a real `gateway
-serve` process (gateway/server.py, gateway/workers.py): requests the parser rejects,
+serve` process (gateway/server/, gateway/workers.py): requests the parser rejects,
 slowloris, a short body, a too-large `Expect: 100-continue`, HTTP/1.0 streams, a
 database that cannot open, SIGTERM with streams in flight, a supervisor killed under
 its workers, and a reload of the server settings."""
