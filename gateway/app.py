@@ -14,6 +14,7 @@ from gateway.accounting import accounting_middleware, echo_request_id
 from gateway.appkeys import HTTP, LIMITER, LIVE, METRICS, RESPONSES, STOPPING, USAGE
 from gateway.auth import auth_middleware
 from gateway.config import Config, is_postgres
+from gateway.dashboard import dashboard_app
 from gateway.dialects.responses.store import ResponseStore, open_response_store
 from gateway.errors import error_middleware
 from gateway.limits import Limiter, load_month_usage
@@ -60,6 +61,7 @@ def create_app(config: Config, path: str | None = None, limiter: Limiter | None 
     app.router.add_delete("/v1/responses/{response_id}", responses.delete)
     app.router.add_post("/v1/responses/{response_id}/cancel", responses.cancel)
     app.router.add_get("/v1/responses/{response_id}/input_items", responses.list_input_items)
+    app.add_subapp("/dashboard", dashboard_app(config.metrics_key_sha256))  # web pages: gateway/dashboard/
     return app
 
 
