@@ -74,7 +74,8 @@ def layout(title: str, body: str, *, who: str | None = None, csrf: str | None = 
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{e(title)} · gateway</title><link rel="stylesheet" href="/dashboard/style.css"></head>'
+        f'<title>{e(title)} · gateway</title><link rel="stylesheet" href="/dashboard/style.css">'
+        '<link rel="icon" href="data:,"></head>'  # no favicon request to the API's 404'
         f"<body><header><strong>gateway dashboard</strong>{signout}</header><main>{body}</main></body></html>"
     )
 

@@ -51,7 +51,7 @@ def stacked_bars(title: str, xs: Sequence[str], series: Mapping[str, Mapping[str
         out.append(
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{number(peak * i / 4)}</text>'
         )
-    every = max(1, len(xs) // 12)  # at most about 12 x labels
+    every = max(1, -(-len(xs) // 8))  # at most 8 x labels, so they never overlap
     for i, x in enumerate(xs):
         bx, base = left + i * step + (step - bar_w) / 2, top + plot_h
         for s, (name, values) in enumerate(series.items()):
@@ -65,7 +65,7 @@ def stacked_bars(title: str, xs: Sequence[str], series: Mapping[str, Mapping[str
                        f'data-value="{value:g}"><title>{_e(x)} {_e(name)}: {value:,.0f}</title></rect>')  # fmt: skip
         if i % every == 0:
             out.append(f'<text x="{bx + bar_w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-                       f'font-size="11">{_e(x)}</text>')  # fmt: skip
+                       f'font-size="11">{_e(x[5:] if len(x) == 10 else x)}</text>')  # a day as MM-DD  # fmt: skip
     for s, name in enumerate(series):  # the legend
         y = top + s * 18
         if y > height - 10:
