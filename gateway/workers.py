@@ -7,7 +7,8 @@ SIGTERM, SIGINT and SIGHUP to the workers, restarts a worker that dies, and exit
 once all of them have stopped.  Workers stop when the supervisor dies (even by
 SIGKILL), and a worker that cannot start reports one line, logged once.  The
 workers share the usage log safely (SQLite in WAL mode, one short write
-transaction per batch, busy_timeout for the others).
+transaction per batch, busy_timeout for the others), and their `/metrics` numbers
+through a private directory the supervisor makes and removes (gateway/metrics.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from gateway import ids
+from gateway import ids, metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +83,20 @@ def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
     """Fork `count` workers, each running `serve(link)`; return when all have stopped.
     Call before any event loop or thread exists in this process."""
     workers: dict[int, float] = {}  # pid -> start time
+    names: dict[int, str] = {}  # pid -> its name in the metrics directory (never reused)
+    spawned = 0
     stopping = False
     parent = os.getpid()
     watch_r, watch_w = os.pipe()  # the supervisor holds the only write end, and never writes
     report_r, report_w = os.pipe()
     os.set_blocking(report_r, False)
     link = WorkerLink(watch_r, report_w)
+    shared = metrics_directory()
 
     def spawn() -> None:
+        nonlocal spawned
+        spawned += 1
+        name = f"w{spawned}"
         pid = os.fork()
         if pid == 0:  # the worker
             _die_with(parent)
@@ -96,14 +106,22 @@ def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
                 signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own
             ids.reseed()
             code = 1
-            try:
+            snapshots: metrics.WorkerSnapshots | None = None
+            try:  # nothing may raise past here: the child must never return into this loop
+                if shared is not None:
+                    snapshots = metrics.join_workers(shared, name)
                 code = serve(link)
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
             finally:
-                logging.shutdown()
-                os._exit(code)
+                try:
+                    if snapshots is not None:
+                        snapshots.close()  # the last numbers: counted after this worker is gone
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
         workers[pid] = time.monotonic()
+        names[pid] = name
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping
@@ -127,6 +145,8 @@ def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
             started = workers.pop(pid, None)
             if started is None:
                 continue
+            if shared is not None:  # its counters stay in the sum, its gauges leave it
+                metrics.retire(shared, names.pop(pid))
             exit_code = os.waitstatus_to_exitcode(status)
             if exit_code == STARTUP_FAILED:  # it said why: one line for all the workers
                 if code == 0:
@@ -149,7 +169,29 @@ def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
     finally:
         for fd in (watch_r, watch_w, report_r, report_w):
             os.close(fd)
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
     return code
+
+
+def metrics_base() -> str | None:
+    """Where the metrics directory goes: a tmpfs when there is one (snapshots are
+    rewritten every second: no disk writes for them), else the system's temp dir (None)."""
+    for base in ("/dev/shm", os.environ.get("XDG_RUNTIME_DIR")):
+        if base and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return base
+    return None
+
+
+def metrics_directory() -> Path | None:
+    """A new private directory (mode 0700) for the workers' metrics snapshots, named
+    after this supervisor's pid; None, with a WARNING, when none can be made (each
+    worker's `/metrics` then shows only itself)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"gateway-metrics-{os.getpid()}-", dir=metrics_base()))
+    except OSError as exc:
+        log.warning("cannot make a directory for the workers' metrics (%s): each scrape shows one worker", exc)
+        return None
 
 
 def _first_line(fd: int) -> str:
