@@ -363,7 +363,9 @@ class WorkerSnapshots:
             counts = metrics.counts()
             try:
                 _write_atomically(self._tmp, self.path, counts.to_json())
-            except OSError as exc:  # the directory is gone (the supervisor stopped): nothing to share
+            except OSError as exc:
+                if not self.directory.exists():
+                    return counts  # the supervisor is gone, and its directory with it: nothing to share
                 if not self._failed:
                     self._failed = True
                     log.warning("metrics: cannot write this worker's snapshot (%s); scrapes may miss it", exc)

@@ -117,6 +117,8 @@ def supervise(count: int, serve: Callable[[WorkerLink], int]) -> int:
                 try:
                     if snapshots is not None:
                         snapshots.close()  # the last numbers: counted after this worker is gone
+                    if shared is not None and os.getppid() != parent:  # the supervisor was killed: nobody else will
+                        shutil.rmtree(shared, ignore_errors=True)
                 finally:
                     logging.shutdown()
                     os._exit(code)
@@ -183,15 +185,40 @@ def metrics_base() -> str | None:
     return None
 
 
+_METRICS_PREFIX = "gateway-metrics-"
+
+
 def metrics_directory() -> Path | None:
     """A new private directory (mode 0700) for the workers' metrics snapshots, named
     after this supervisor's pid; None, with a WARNING, when none can be made (each
     worker's `/metrics` then shows only itself)."""
+    base = metrics_base()
+    _remove_stale(Path(base or tempfile.gettempdir()))
     try:
-        return Path(tempfile.mkdtemp(prefix=f"gateway-metrics-{os.getpid()}-", dir=metrics_base()))
+        return Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=base))
     except OSError as exc:
         log.warning("cannot make a directory for the workers' metrics (%s): each scrape shows one worker", exc)
         return None
+
+
+def _remove_stale(base: Path) -> None:
+    """Directories left by supervisors killed with SIGKILL together with their workers
+    (else a worker removes it): ours (same user) whose supervisor is gone.  On a tmpfs
+    they would hold memory until a reboot."""
+    try:
+        found = [p for p in base.iterdir() if p.name.startswith(_METRICS_PREFIX)]
+    except OSError:
+        return
+    for path in found:
+        pid = path.name[len(_METRICS_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its supervisor is gone
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # alive (another user's), or the directory went meanwhile
+            continue
 
 
 def _first_line(fd: int) -> str:

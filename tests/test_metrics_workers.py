@@ -50,6 +50,14 @@ def _children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its reaping is left
+
+
 async def _calls(port: int, n: int, stream: bool = False) -> None:
     """`n` calls, each on a new connection: the kernel spreads new connections over the
     workers (SO_REUSEPORT)."""
@@ -169,6 +177,38 @@ async def test_a_single_process_has_no_snapshot_directory(fake_server: Any, tmp_
         base = metrics_base() or tempfile.gettempdir()
         assert glob.glob(os.path.join(base, f"gateway-metrics-{served.proc.pid}-*")) == []
     finally:
+        await served.stop()
+
+
+async def test_no_directory_outlives_a_supervisor_killed_by_sigkill(fake_server: Any, tmp_path: Path) -> None:
+    """On a tmpfs a left directory holds memory until a reboot: its workers remove it
+    when their supervisor is killed, and a starting supervisor removes those whose
+    supervisor and workers were all killed (here: a pid that has exited)."""
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()
+    base = Path(metrics_base() or tempfile.gettempdir())
+    stale = base / f"gateway-metrics-{gone.pid}-test"
+    stale.mkdir(mode=0o700)
+    (stale / "w1.json").write_bytes(b"{}")
+    _, url = await fake_server()
+    doc = base_config({"oai": ("openai", url)}, str(tmp_path / "usage.db"), server={"workers": 2})
+    served = await launch(tmp_path, write_config(tmp_path, doc))
+    workers: list[int] = []
+    try:
+        assert not stale.exists(), "a stale directory is removed at start"
+        directory = _snapshot_dir(served.proc.pid)
+        workers = _children(served.proc.pid)
+        assert len(workers) == 2
+        served.proc.kill()
+        await served.proc.wait()
+        deadline = time.monotonic() + 15
+        while any(map(_running, workers)) or directory.exists():
+            assert time.monotonic() < deadline, f"workers alive or {directory} left behind"
+            await asyncio.sleep(0.05)
+    finally:
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
         await served.stop()
 
 
