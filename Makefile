@@ -8,7 +8,7 @@ LINT_PATHS := gateway tests scripts
 # `make run PORT=8090` / `make demo PORT=8090`: another port than the configuration's (8080)
 PORT_ARG = $(if $(PORT),--port $(PORT))
 
-.PHONY: install install-dev node-deps run test lint format demo bench soak schemas dist clean
+.PHONY: install install-dev node-deps run test lint format demo bench soak soak-shared schemas dist clean
 
 # The venv that serves traffic gets the runtime dependencies only (setup.cfg's
 # install_requires); the tools (pytest, ruff, hypothesis, the SDKs, shiv) come with
@@ -60,6 +60,10 @@ bench: install-dev
 
 soak: install-dev
 	$(PY) scripts/soak.py --requests 20000 --concurrency 32
+
+# two gateways sharing PostgreSQL and Redis: one row per request, no slot left held
+soak-shared: install-dev
+	$(PY) scripts/soak.py --requests 20000 --concurrency 32 --instances 2 --database $${POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test} --redis $${REDIS_URL:-redis://127.0.0.1:6379/0}
 
 # OpenAI's published API description is not part of this repository (tests/schemas/openai.json,
 # which the suite uses, is); point SPEC at a copy of it: make schemas SPEC=path/to/openai-openapi.json

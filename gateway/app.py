@@ -91,6 +91,7 @@ async def _usage_store(app: web.Application) -> AsyncIterator[None]:
     else:
         store = await UsageStore.open(config.database)
     app[USAGE] = store
+    app[METRICS].watch(store.stats, app[LIMITER])  # read at each snapshot and scrape, not per request
     # the monthly quota survives restarts: this month's tokens per key, from the log
     try:
         await app[LIMITER].seed_month(await load_month_usage(config.database))

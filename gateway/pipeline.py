@@ -99,7 +99,9 @@ async def with_fallback(
         if called:
             _charge_unreported_usage(request, record, estimate)
         if admission is not None:  # the real usage (or its estimate) replaces the admission's
-            await request.app[LIMITER].release(admission, record.total_tokens)
+            # shielded: a client hanging up while a Redis release is in flight must not
+            # cancel it (the slot would wait for its lease, the month keep the estimate)
+            await asyncio.shield(request.app[LIMITER].release(admission, record.total_tokens))
 
 
 def _charge_unreported_usage(request: web.Request, record: UsageRecord, estimate: Callable[[], int]) -> None:
