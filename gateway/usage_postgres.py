@@ -9,7 +9,8 @@ field added to `UsageRecord` later is added to the table at the next start by
 `_after_migrations`.  Both run in one transaction under an advisory lock
 (`gateway.postgres.migrate`): instances starting together migrate once.
 
-Writes.  A batch goes in by binary COPY, with the spill mark (as in SQLite: how far
+Writes.  A batch goes in by binary COPY, its per-hour totals (`usage_hourly`, see
+`gateway.usage_hourly`) by one upsert per group, with the spill mark (as in SQLite: how far
 a spill file is replayed, table `usage_spill`) and a batch token (`usage_commit`) in
 the same transaction.  The token settles the one case a client-server database adds:
 the connection dies after COMMIT was sent, before its answer came.  The writer
@@ -44,6 +45,7 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway import usage_hourly as hourly
 from gateway.postgres import connect, describe, driver, migrate, one_line, spill_name, sql_literal
 from gateway.usage_record import COLUMNS, Row, UsageLogError, UsageRecord, coerce_row
 from gateway.usage_report import Report
@@ -87,6 +89,8 @@ _MIGRATIONS: Final = (
     CREATE TABLE usage_commit (batch_id TEXT PRIMARY KEY, written_at TIMESTAMPTZ NOT NULL DEFAULT now());
     CREATE INDEX usage_commit_written_at ON usage_commit (written_at);
     """,
+    # v2: per-hour totals (gateway.usage_hourly), filled from the rows already logged
+    f"{hourly.create_sql('BIGINT')};",  # filled by _after_migrations in the same transaction
 )
 
 _MARK: Final = (
@@ -99,8 +103,9 @@ _SWEEP: Final = f"DELETE FROM usage_commit WHERE written_at < now() - interval '
 
 async def _after_migrations(conn: asyncpg.Connection) -> None:
     """Under the migration lock, at every start: add every UsageRecord field the table
-    lacks (a field added since it was created), and forget old batch tokens (a
-    gateway that restarts often may never reach `_TOKEN_SWEEP_EVERY` batches)."""
+    lacks (a field added since it was created), forget old batch tokens (a gateway that
+    restarts often may never reach `_TOKEN_SWEEP_EVERY` batches), and fill usage_hourly
+    when this start created it."""
     have = {
         row[0]
         for row in await conn.fetch(
@@ -112,6 +117,13 @@ async def _after_migrations(conn: asyncpg.Connection) -> None:
         if field.name not in have:  # checked first: ALTER TABLE locks the table even when there is nothing to do
             await conn.execute(f"ALTER TABLE usage ADD COLUMN {_column(field)}")
     await conn.execute(_SWEEP)
+    # usage_hourly created by this very transaction (applied_at is its start): fill it
+    # from the rows already logged, so an upgraded gateway shows the same numbers
+    if await conn.fetchval("SELECT applied_at = now() FROM usage_schema WHERE version = 2"):
+        async with conn.transaction():  # a savepoint: a cursor needs a transaction block
+            cursor = await conn.cursor(hourly.SELECT_ROWS)
+            while rows := await cursor.fetch(hourly.BACKFILL_ROWS):
+                await conn.executemany(hourly.POSTGRES_UPSERT, hourly.backfill([tuple(r) for r in rows]))
 
 
 async def open_db(url: str) -> asyncpg.Connection:
@@ -232,7 +244,9 @@ class PostgresSink:
         try:
             await transaction.start()
             if rows:
+                groups = hourly.fold(rows)
                 await conn.copy_records_to_table("usage", records=rows, columns=COLUMNS)
+                await conn.executemany(hourly.POSTGRES_UPSERT, groups)
             if mark is not None:
                 await conn.execute(_MARK, *mark)
             await conn.execute(_TOKEN, token)

@@ -5,9 +5,11 @@ it; any failure closes the aiosqlite connection (its thread would otherwise keep
 process alive) and raises `UsageLogError` with one line naming the path and the cause.
 
 `write(rows, mark)` inserts a batch in one transaction, rolled back whole on an error
-so a retry never inserts a row twice.  `mark` = (spill file id, byte offset) is stored
-in the same transaction (table `usage_spill`): how far that spill file has been
-replayed, so a replay cut by a crash resumes where it stopped instead of repeating.
+so a retry never inserts a row twice; the batch's per-hour totals (`usage_hourly`,
+see `gateway.usage_hourly`) are added in the same transaction.  `mark` = (spill file
+id, byte offset) is stored in the same transaction (table `usage_spill`): how far
+that spill file has been replayed, so a replay cut by a crash resumes where it
+stopped instead of repeating.
 A database file removed or replaced under the running gateway is noticed at the next
 batch and the path opened again (a new, empty log if the file is gone).
 """
@@ -25,6 +27,7 @@ from typing import Final
 
 import aiosqlite
 
+from gateway import usage_hourly as hourly
 from gateway.usage_record import COLUMNS, Row, UsageLogError, coerce_row
 
 _OPEN_BUSY_MS: Final = 5000  # workers starting together wait for each other's migration
@@ -66,7 +69,10 @@ _MIGRATIONS: Final = (
     "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE usage ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
     "ALTER TABLE usage ADD COLUMN upstream_id TEXT;",  # v6: the provider's own id of the answer
+    # v7: per-hour totals (gateway.usage_hourly), filled from the rows already logged
+    f"{hourly.create_sql('INTEGER')} WITHOUT ROWID;",
 )
+_USAGE_HOURLY: Final = 7  # the migration after which _fill_hourly runs, in the same transaction
 
 _INSERT: Final = f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 _MARK: Final = (
@@ -134,6 +140,8 @@ async def _prepare(db: aiosqlite.Connection) -> None:
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             for statement in filter(str.strip, script.split(";")):  # no ';' inside our statements
                 await db.execute(statement)
+            if number == _USAGE_HOURLY:
+                await _fill_hourly(db)
             await db.execute(f"PRAGMA user_version = {number}")
         await db.commit()
     except BaseException:
@@ -141,6 +149,13 @@ async def _prepare(db: aiosqlite.Connection) -> None:
             await db.rollback()
         raise
     await db.execute(f"PRAGMA busy_timeout={_WRITE_BUSY_MS}")
+
+
+async def _fill_hourly(db: aiosqlite.Connection) -> None:
+    """usage_hourly from the rows already logged (an upgraded gateway shows the same numbers)."""
+    async with db.execute(hourly.SELECT_ROWS) as cur:
+        while rows := await cur.fetchmany(hourly.BACKFILL_ROWS):
+            await db.executemany(hourly.SQLITE_UPSERT, hourly.backfill(list(rows)))
 
 
 async def switch_to_wal(db: aiosqlite.Connection, tries: int = 50) -> None:
@@ -190,7 +205,9 @@ class SqliteSink:
     async def _insert(self, rows: Sequence[Row], mark: tuple[str, int] | None) -> None:
         try:
             if rows:
+                groups = hourly.fold(rows)  # before any write: a TypeError here is a data error
                 await self.db.executemany(_INSERT, rows)
+                await self.db.executemany(hourly.SQLITE_UPSERT, groups)
             if mark is not None:
                 await self.db.execute(_MARK, mark)
             await self.db.commit()

@@ -1,6 +1,6 @@
 """Shared by the dashboard tests: usage rows with known totals, written straight into
-the SQLite or PostgreSQL log, and signing in the way a browser does (the form's CSRF
-token, the session cookie)."""
+the SQLite or PostgreSQL log (with their per-hour totals, as the sinks write them), and
+signing in the way a browser does (the form's CSRF token, the session cookie)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway import usage_hourly as hourly
 from gateway.usage_record import COLUMNS, UsageRecord
 
 ADMIN_KEY = "sk-test-admin-0123456789"
@@ -54,6 +55,7 @@ def insert_sqlite(path: str, records: list[UsageRecord]) -> None:
     try:
         db.executemany(f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})",
                        [as_tuple(r) for r in records])  # fmt: skip
+        db.executemany(hourly.SQLITE_UPSERT, hourly.fold(as_tuple(r) for r in records))  # as the sink does
         db.commit()
     finally:
         db.close()
@@ -65,6 +67,7 @@ async def insert_postgres(url: str, records: list[UsageRecord]) -> None:
     conn = await open_db(url)  # creates the table as the gateway does
     try:
         await conn.copy_records_to_table("usage", records=[as_tuple(r) for r in records], columns=COLUMNS)
+        await conn.executemany(hourly.POSTGRES_UPSERT, hourly.fold(as_tuple(r) for r in records))
     finally:
         await conn.close()
 

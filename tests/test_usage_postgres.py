@@ -135,7 +135,7 @@ async def test_instances_starting_together_migrate_once(pg_url: str, tmp_path: P
     sinks = await asyncio.gather(*(PostgresSink.open(pg_url, spill_dir=tmp_path) for _ in range(8)))
     for sink in sinks:
         await sink.close()
-    assert await fetch(pg_url, "SELECT version FROM usage_schema") == [(1,)]
+    assert await fetch(pg_url, "SELECT version FROM usage_schema ORDER BY 1") == [(1,), (2,)]
     # a table created before the newest UsageRecord field existed: the next start adds it
     conn = await connect(pg_url)
     try:
@@ -149,7 +149,7 @@ async def test_instances_starting_together_migrate_once(pg_url: str, tmp_path: P
     names, rows = await _rows(pg_url)
     assert names == ["id", *COLUMNS]
     assert rows[0][-1] == LAST_FIELD.default  # the old row got the field's default
-    assert await fetch(pg_url, "SELECT version FROM usage_schema") == [(1,)]
+    assert await fetch(pg_url, "SELECT version FROM usage_schema ORDER BY 1") == [(1,), (2,)]
     # a database migrated by a newer gateway is refused, not altered
     await fetch(pg_url, "INSERT INTO usage_schema (version) VALUES (99)")
     with pytest.raises(UsageLogError, match=r"^usage database postgresql://postgres@.*: schema version 99 is newer"):

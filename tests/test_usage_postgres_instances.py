@@ -106,7 +106,10 @@ async def test_two_gateway_processes_share_one_postgres_log(fake_server: Any, pg
     rows = await fetch(pg_url, "SELECT request_id, status, total_tokens FROM usage")
     assert sorted(r[0] for r in rows) == sorted(_ids("two", 200))  # each request once, from either process
     assert {(r[1], r[2] > 0) for r in rows} == {(200, True)}
-    assert await fetch(pg_url, "SELECT version FROM usage_schema") == [(1,)]
+    assert await fetch(pg_url, "SELECT version FROM usage_schema ORDER BY 1") == [(1,), (2,)]
+    # both processes' per-hour totals add up to their rows (upserts on the same groups)
+    hourly = "SELECT sum(requests)::int, sum(total_tokens)::int FROM usage_hourly"
+    assert await fetch(pg_url, hourly) == [(200, sum(r[2] for r in rows))]
     assert await fetch(pg_url, "SELECT version FROM response_store_schema") == [(1,)]
     for one in served:
         assert "s3cr3t" not in one.output()

@@ -10,9 +10,13 @@ Every query is bounded so a page stays fast on a log of millions of rows:
 - on PostgreSQL each page's queries run in one read-only snapshot; on SQLite in
   parallel, one connection each; either way cut off after QUERY_TIMEOUT.
 
+Periods of HOURLY_FROM or more read the whole hours from `usage_hourly` (per-hour
+totals the sinks keep, `gateway.usage_hourly`) and only the part hours at either end
+from the rows: the same numbers from one row per group and hour instead of one per request.
+
 Latency and time-to-first-byte percentiles come from a histogram computed in SQL
-(buckets growing by BUCKET_RATIO, found by a nested CASE: about 7 comparisons per
-row, no sort of the period's rows), so each percentile is the geometric middle of
+(buckets growing by BUCKET_RATIO, `gateway.usage_hourly`, found by a nested CASE:
+about 7 comparisons per row, no sort of the period's rows), so each percentile is the geometric middle of
 its bucket: within about 10 % of the exact value, the same on both backends.
 """
 
@@ -28,26 +32,16 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.config import is_postgres
+from gateway.usage_hourly import BOUNDS, HOUR, LAT, TTFB
+from gateway.usage_hourly import bucket_sql as _bucket_sql
 from gateway.usage_record import UsageLogError
 
 DAY: Final = 86400
 MAX_PERIOD: Final = 90 * DAY
 PAGE: Final = 50  # recent requests per page
 QUERY_TIMEOUT: Final = 10.0  # seconds one page's queries may take, all together
-BUCKET_RATIO: Final = 1.2
-# bucket k holds BOUNDS[k-1] <= ms < BOUNDS[k]; the last one is open-ended (> 24 min)
-BOUNDS: Final = tuple(BUCKET_RATIO**i for i in range(80))
 
 Rows = list[tuple[Any, ...]]
-
-
-def _bucket_sql(column: str, lo: int = 0, hi: int = len(BOUNDS)) -> str:
-    """Index of the first bound above `column`, as a nested CASE (a binary search)."""
-    if lo == hi:
-        return str(lo)
-    mid = (lo + hi) // 2
-    below, above = _bucket_sql(column, lo, mid), _bucket_sql(column, mid + 1, hi)
-    return f"CASE WHEN {column} < {BOUNDS[mid]!r} THEN {below} ELSE {above} END"
 
 
 def bucket_value(k: int) -> float:
@@ -84,26 +78,49 @@ HOLDER_RECENT: Final = """
 """
 
 # -- the operator's page (one period) -----------------------------------------------------------
+# a NULL and an empty text show alike (usage_hourly holds '' for NULL)
+_TIER: Final = "coalesce(nullif(tier, ''), '-')"
+_KEY: Final = "coalesce(nullif(key_name, ''), '(unauthenticated)')"
+_MODEL: Final = "coalesce(nullif(model, ''), '-')"
+_CODE: Final = "coalesce(nullif(error_code, ''), '-')"
+
+# the same from usage_hourly, over whole hours (hour >= ? AND hour < ?: its primary key)
+_SPAN: Final = "FROM usage_hourly WHERE hour >= ? AND hour < ?"
+HOURLY_GROUPS: Final = f"""
+    SELECT {_TIER}, {_KEY}, {_MODEL}, {_sum("requests")},
+           {_sum("CASE WHEN status >= 400 THEN requests ELSE 0 END")},
+           {_sum("prompt_tokens")}, {_sum("completion_tokens")}, {_sum("total_tokens")}
+    {_SPAN} GROUP BY 1, 2, 3
+"""
+HOURLY_DAILY: Final = f"""
+    SELECT hour / 86400, {_TIER}, {_sum("total_tokens")} {_SPAN} GROUP BY 1, 2 ORDER BY 1, 2
+"""
+HOURLY_ERRORS: Final = f"""
+    SELECT status, {_CODE}, {_sum("requests")} {_SPAN} AND status >= 400 GROUP BY 1, 2
+"""
+HOURLY_LATENCY: Final = f"SELECT {_MODEL}, {', '.join(_sum(c) for c in LAT)} {_SPAN} GROUP BY 1"
+HOURLY_TTFB: Final = f"SELECT {_MODEL}, {', '.join(_sum(c) for c in TTFB)} {_SPAN} GROUP BY 1"
+HOURLY_FROM: Final = 2 * HOUR  # periods at least this long read usage_hourly for their whole hours
 
 OP_GROUPS: Final = f"""
-    SELECT coalesce(tier, '-'), coalesce(key_name, '(unauthenticated)'), coalesce(model, '-'), count(*), {_ERR},
+    SELECT {_TIER}, {_KEY}, {_MODEL}, count(*), {_ERR},
            {_sum("prompt_tokens")}, {_sum("completion_tokens")}, {_sum("total_tokens")}
     FROM usage WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3
 """
 OP_DAILY: Final = f"""
-    SELECT {{day}}, coalesce(tier, '-'), {_sum("total_tokens")}
+    SELECT {{day}}, {_TIER}, {_sum("total_tokens")}
     FROM usage WHERE ts >= ? AND ts < ? GROUP BY 1, 2 ORDER BY 1, 2
 """
-OP_ERRORS: Final = """
-    SELECT status, coalesce(error_code, '-'), count(*)
+OP_ERRORS: Final = f"""
+    SELECT status, {_CODE}, count(*)
     FROM usage WHERE ts >= ? AND ts < ? AND status >= 400 GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 100
 """
 OP_LATENCY: Final = f"""
-    SELECT coalesce(model, '-'), {_bucket_sql("latency_ms")}, count(*)
+    SELECT {_MODEL}, {_bucket_sql("latency_ms")}, count(*)
     FROM usage WHERE ts >= ? AND ts < ? AND latency_ms IS NOT NULL GROUP BY 1, 2
 """
 OP_TTFB: Final = f"""
-    SELECT coalesce(model, '-'), {_bucket_sql("ttfb_ms")}, count(*)
+    SELECT {_MODEL}, {_bucket_sql("ttfb_ms")}, count(*)
     FROM usage WHERE ts >= ? AND ts < ? AND ttfb_ms IS NOT NULL GROUP BY 1, 2
 """
 
@@ -163,12 +180,22 @@ class UsageReader:
         return HolderData(daily, recent[:PAGE], len(recent) > PAGE)
 
     async def operator(self, start: float, end: float) -> OperatorData:
-        span = (start, end)
-        groups, daily, errors, latency, ttfb = await self._run([
-            (OP_GROUPS, span), (OP_DAILY.format(day=self._day), span), (OP_ERRORS, span),
-            (OP_LATENCY, span), (OP_TTFB, span),
-        ])  # fmt: skip
-        return OperatorData(groups, daily, errors, percentiles(latency), percentiles(ttfb))
+        first, last = math.ceil(start / HOUR) * HOUR, math.floor(end / HOUR) * HOUR
+        raw = [OP_GROUPS, OP_DAILY.format(day=self._day), OP_ERRORS, OP_LATENCY, OP_TTFB]
+        if end - start < HOURLY_FROM or last <= first:
+            span = (start, end)
+            groups, daily, errors, latency, ttfb = await self._run([(sql, span) for sql in raw])
+            return OperatorData(groups, daily, errors, percentiles(latency), percentiles(ttfb))
+        # whole hours from usage_hourly, the part hours at either end from the rows
+        edges, hours = (start, first, last, end), (first, last)
+        found = await self._run(
+            [(sql.replace("ts >= ? AND ts < ?", _EDGES), edges) for sql in raw]
+            + [(sql, hours) for sql in (HOURLY_GROUPS, HOURLY_DAILY, HOURLY_ERRORS, HOURLY_LATENCY, HOURLY_TTFB)]
+        )
+        groups, daily, errors = (_added(found[i] + found[i + 5], width) for i, width in ((0, 3), (1, 2), (2, 2)))
+        errors.sort(key=lambda r: (-r[2], r[0], r[1]))
+        latency, ttfb = (found[i] + _unfolded(found[i + 5]) for i in (3, 4))
+        return OperatorData(groups, sorted(daily), errors[:100], percentiles(latency), percentiles(ttfb))
 
     async def _run(self, queries: list[tuple[str, tuple[Any, ...]]]) -> list[Rows]:
         if self.postgres:
@@ -212,6 +239,24 @@ class UsageReader:
         finally:
             if conn is not None:
                 await conn.close(timeout=2.0)
+
+
+_EDGES: Final = "(ts >= ? AND ts < ? OR ts >= ? AND ts < ?)"
+
+
+def _added(rows: Rows, width: int) -> Rows:
+    """Rows whose first `width` values are equal, as one row with the rest added up."""
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        acc = sums.setdefault(tuple(row[:width]), [0] * (len(row) - width))
+        for i, v in enumerate(row[width:]):
+            acc[i] += int(v or 0)
+    return [(*key, *acc) for key, acc in sums.items()]
+
+
+def _unfolded(rows: Rows) -> Rows:
+    """(model, count of bucket 0, count of bucket 1, ...) rows as (model, bucket, count) rows."""
+    return [(row[0], k, int(n)) for row in rows for k, n in enumerate(row[1:]) if n]
 
 
 def _numbered(sql: str) -> str:
