@@ -30,7 +30,9 @@ import aiosqlite
 from gateway import usage_hourly as hourly
 from gateway.usage_record import COLUMNS, Row, UsageLogError, coerce_row
 
-_OPEN_BUSY_MS: Final = 5000  # workers starting together wait for each other's migration
+# workers starting together wait for each other's migration; the first start after an
+# upgrade may fill a new table from the whole log (usage_hourly: ~10 s per million rows)
+OPEN_BUSY_MS: Final = 120_000
 # a write waits this long for another process's lock, then fails and is retried by the
 # writer with backoff: short, so a graceful stop with the database locked stays in budget
 _WRITE_BUSY_MS: Final = 1000
@@ -127,7 +129,7 @@ async def open_db(path: str) -> aiosqlite.Connection:
 
 
 async def _prepare(db: aiosqlite.Connection) -> None:
-    await db.execute(f"PRAGMA busy_timeout={_OPEN_BUSY_MS}")  # several workers may share the file
+    await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")  # several workers may share the file
     await switch_to_wal(db)
     await db.execute("PRAGMA synchronous=NORMAL")
     # BEGIN IMMEDIATE takes the write lock before the version is read: workers starting

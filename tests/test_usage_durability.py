@@ -348,3 +348,31 @@ async def test_gateway_restart_replays_spilled_rows_before_the_quota_is_seeded(
     rows = await gw.usage_rows()
     assert sorted(r["request_id"] for r in rows if r["status"] == 200) == [f"dur-{i}" for i in range(4)]
     assert [r["status"] for r in rows].count(429) == 1 and not _spills(db)
+
+
+async def test_a_worker_waits_out_a_long_migration_of_another(tmp_path: Path) -> None:
+    """The first start after an upgrade may hold the write lock while it fills a new
+    table from the whole log (about 10 s per million rows): a worker starting beside
+    it must wait, not fail (it used to give up after 5 s)."""
+    path = tmp_path / "usage.db"
+    first = await UsageStore.open(str(path))
+    await first.close()
+    held = threading.Event()
+
+    def hold() -> None:  # another process migrating: BEGIN IMMEDIATE held for 6 s
+        db = sqlite3.connect(path, timeout=0)
+        db.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(6)
+        db.rollback()
+        db.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    started = time.monotonic()
+    store = await UsageStore.open(str(path))  # waits for the lock instead of failing
+    waited = time.monotonic() - started
+    await store.close()
+    holder.join()
+    assert waited > 5

@@ -19,9 +19,7 @@ from typing import Final
 import aiosqlite
 
 from gateway.dialects.responses.store import ResponseStoreError
-from gateway.usage_sqlite import switch_to_wal
-
-_OPEN_BUSY_MS: Final = 5000  # workers starting together wait for each other's migration
+from gateway.usage_sqlite import OPEN_BUSY_MS, switch_to_wal
 
 _MIGRATIONS: Final = (
     """
@@ -75,7 +73,7 @@ async def connect(path: str, busy_ms: int) -> aiosqlite.Connection:
 
 
 async def _prepare(db: aiosqlite.Connection, busy_ms: int) -> None:
-    await db.execute(f"PRAGMA busy_timeout={_OPEN_BUSY_MS}")
+    await db.execute(f"PRAGMA busy_timeout={OPEN_BUSY_MS}")  # the usage log's: they share the file
     await switch_to_wal(db)
     await db.execute("PRAGMA synchronous=NORMAL")
     await db.execute("BEGIN IMMEDIATE")  # workers starting together migrate once
