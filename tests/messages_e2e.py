@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import copy
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from fake_anthropic import check as anthropic_check
 from fake_anthropic import error_body
 from fake_gemini import GeminiCheck
 from fakes import FakeUpstream, Reply, fixture_bytes, fixture_json, json_reply, sse_from_jsonl, sse_reply
+from http_tap import Exchange, Tap
 
 Json = dict[str, Any]
 
@@ -154,55 +154,6 @@ class GeminiUpstreamCheck(GeminiCheck):
 
 
 # -- the tapped client ---------------------------------------------------------------------
-
-
-@dataclass
-class Exchange:
-    path: str
-    sent: bytes
-    status: int = 0
-    body: bytearray = field(default_factory=bytearray)
-
-
-class _Recording(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, sink: bytearray) -> None:
-        self.inner, self.sink = inner, sink
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for piece in self.inner:
-            self.sink += piece
-            yield piece
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class Tap(httpx.AsyncBaseTransport):
-    """An httpx transport that keeps every request body sent and response body received."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.exchanges: list[Exchange] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        exchange = Exchange(request.url.path, await request.aread())
-        self.exchanges.append(exchange)
-        response = await self.inner.handle_async_request(request)
-        exchange.status = response.status_code
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Recording(response.stream, exchange.body),
-            extensions=response.extensions,
-            request=request,
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def last(self) -> Exchange:
-        return self.exchanges[-1]
 
 
 class TappedAnthropic(anthropic.AsyncAnthropic):

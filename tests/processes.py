@@ -19,6 +19,19 @@ from conftest import ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid`, sorted (read from /proc: Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,8 +11,7 @@ stays in `client.tap`, so the schema checks read the wire, not the SDK's models.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from conftest import PRO_KEY, UPSTREAM_KEY, Gateway, base_config
 from fake_anthropic import check as anthropic_check
 from fake_gemini import GeminiCheck
 from fakes import FakeUpstream, Reply, fixture_bytes, fixture_json, json_reply, sse_from_jsonl, sse_reply
+from http_tap import Exchange, Tap
 from openai_schema import validate_response
 from responses_support import check_events
 
@@ -42,73 +42,6 @@ QUESTION = "What's the weather in Florence, Italy?"
 
 
 # -- the tapped client ---------------------------------------------------------------------
-
-
-@dataclass
-class Exchange:
-    method: str
-    path: str
-    status: int
-    content_type: str
-    body: bytearray = field(default_factory=bytearray)
-
-    def json(self) -> Any:
-        return orjson.loads(bytes(self.body))
-
-    def events(self) -> list[Json]:
-        """The data payloads of an SSE body (the `event:` line must name the payload's type)."""
-        out = []
-        for block in bytes(self.body).split(b"\n\n"):
-            lines = [line for line in block.split(b"\n") if line and not line.startswith(b":")]
-            if not lines:
-                continue
-            name = [line[7:] for line in lines if line.startswith(b"event: ")]
-            data = orjson.loads(b"".join(line[6:] for line in lines if line.startswith(b"data: ")))
-            assert name == [data["type"].encode()], block
-            out.append(data)
-        return out
-
-
-class _Recording(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, sink: bytearray) -> None:
-        self.inner, self.sink = inner, sink
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for piece in self.inner:
-            self.sink += piece
-            yield piece
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class Tap(httpx.AsyncBaseTransport):
-    """An httpx transport that keeps every response body it passes on."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.exchanges: list[Exchange] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        exchange = Exchange(
-            request.method, request.url.path, response.status_code, response.headers.get("content-type", "")
-        )
-        self.exchanges.append(exchange)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Recording(response.stream, exchange.body),
-            extensions=response.extensions,
-            request=request,
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def last(self) -> Exchange:
-        return self.exchanges[-1]
 
 
 class TappedClient(openai.AsyncOpenAI):

@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from mock_providers import make_app  # noqa: E402
+from processes import children  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WEATHER = {
@@ -169,18 +170,6 @@ def _demo_config(tmp_path: Path) -> Path:
     return path
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 async def _start_demo(tmp_path: Path, port: int) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts" / "demo.py"), "--port", str(port), "--config", str(_demo_config(tmp_path)),
@@ -199,8 +188,8 @@ async def test_the_demo_runs_every_provider_with_tools_and_stops_on_ctrl_c(tmp_p
             line = await asyncio.wait_for(demo.stdout.readline(), 60)
             assert line, "the demo ended early:\n" + (out + await demo.stderr.read()).decode()
             out += line
-        children = _children(demo.pid)
-        assert len(children) == 2  # the stand-ins and the gateway
+        spawned = children(demo.pid)
+        assert len(spawned) == 2  # the stand-ins and the gateway
         demo.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(demo.wait(), 30) == 0
     finally:
@@ -216,9 +205,9 @@ async def test_the_demo_runs_every_provider_with_tools_and_stops_on_ctrl_c(tmp_p
     assert f"base_url=http://127.0.0.1:{port}/v1" in text
     assert f"listening on http://127.0.0.1:{port}/v1 (3 providers, 3 models, 1 tier, 1 usable key)" in err
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+    while any(Path(f"/proc/{pid}").exists() for pid in spawned) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)  # reaped by the demo before it exited; a zombie's /proc entry goes at once
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "the demo left a child running"
+    assert not [pid for pid in spawned if Path(f"/proc/{pid}").exists()], "the demo left a child running"
 
 
 async def test_the_demo_refuses_a_port_held_by_another_program(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from conftest import PRO_KEY, base_config
 from fakes import fixture_bytes, fixture_json, json_reply, sse_reply
-from processes import Served, launch, write_config
+from processes import Served, children, launch, write_config
 from test_metrics import samples
 
 from gateway.metrics import RETIRED, Counts, Metrics, read_others, retire
@@ -36,18 +36,6 @@ LATENCY_COUNT = ("gateway_request_latency_seconds_count", (("model", "oai-small"
 TTFT_COUNT = ("gateway_time_to_first_token_seconds_count", (("model", "oai-small"),))
 WRITTEN = ("gateway_usage_log_rows_written_total", ())
 INFLIGHT = ("gateway_inflight_streams", ())
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = path.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(path.parent.name))
-    return sorted(out)
 
 
 def _running(pid: int) -> bool:
@@ -114,7 +102,7 @@ async def test_every_scrape_sums_both_workers_and_a_killed_worker_stays_counted(
     doc = base_config({"oai": ("openai", url)}, str(tmp_path / "usage.db"), server={"workers": 2})
     served = await launch(tmp_path, write_config(tmp_path, doc))
     try:
-        workers = _children(served.proc.pid)
+        workers = children(served.proc.pid)
         assert len(workers) == 2
         directory = _snapshot_dir(served.proc.pid)
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700  # private: other users cannot read or plant files
@@ -137,7 +125,7 @@ async def test_every_scrape_sums_both_workers_and_a_killed_worker_stays_counted(
 
         os.kill(workers[0], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while (now := _children(served.proc.pid)) == workers or len(now) != 2:
+        while (now := children(served.proc.pid)) == workers or len(now) != 2:
             assert time.monotonic() < deadline, "the killed worker was not replaced"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.5)  # the new worker's first snapshots
@@ -197,7 +185,7 @@ async def test_no_directory_outlives_a_supervisor_killed_by_sigkill(fake_server:
     try:
         assert not stale.exists(), "a stale directory is removed at start"
         directory = _snapshot_dir(served.proc.pid)
-        workers = _children(served.proc.pid)
+        workers = children(served.proc.pid)
         assert len(workers) == 2
         served.proc.kill()
         await served.proc.wait()

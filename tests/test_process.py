@@ -16,6 +16,7 @@ import openai
 import yaml
 from conftest import ENV, FREE_KEY, PRO_KEY, UPSTREAM_KEY, base_config
 from fakes import Reply, fixture_bytes, json_reply
+from processes import children
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "a secret prompt 4711"}]
@@ -95,18 +96,6 @@ async def test_sigterm_lets_the_stream_finish_and_flushes_usage(fake_server: Any
     assert rows == [(502, 0, 0), (200, 1, 44)]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return sorted(out)
-
-
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -141,7 +130,7 @@ async def test_workers_share_one_port_one_log_and_reload_together(fake_server: A
     port = free_port()
     proc = await start_process(config, port)
     try:
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) == 2
         before = {pid: _cpu_ticks(pid) for pid in workers}
         answers = await _fresh_connection_calls(port, 300)
@@ -166,7 +155,7 @@ async def test_workers_share_one_port_one_log_and_reload_together(fake_server: A
             await asyncio.sleep(0.05)
         os.kill(workers[0], signal.SIGKILL)  # a crashed worker is replaced
         for _ in range(100):
-            now = _children(proc.pid)
+            now = children(proc.pid)
             if len(now) == 2 and workers[0] not in now:
                 break
             await asyncio.sleep(0.05)
@@ -175,7 +164,7 @@ async def test_workers_share_one_port_one_log_and_reload_together(fake_server: A
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
-        assert _children(proc.pid) == []
+        assert children(proc.pid) == []
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from conftest import ENV, PRO_KEY, UPSTREAM_KEY, Gateway, base_config
 from fakes import FakeUpstream, fixture_bytes, json_reply, sse_reply
-from processes import ROOT, Served, free_port, launch, raise_own_fd_limit, wait_until_serving, write_config
+from processes import ROOT, Served, children, free_port, launch, raise_own_fd_limit, wait_until_serving, write_config
 
 PROMPT = "a secret prompt 4711"
 AUTH = {"Authorization": f"Bearer {PRO_KEY}"}
@@ -364,18 +364,6 @@ async def test_sigterm_stops_within_shutdown_timeout_and_ends_cut_streams(aiohtt
 # -- 13. the supervisor killed under its workers -----------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -390,7 +378,7 @@ async def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> N
     workers: list[int] = []
     try:
         for _ in range(100):
-            workers = _children(served.proc.pid)
+            workers = children(served.proc.pid)
             if len(workers) == 2:
                 break
             await asyncio.sleep(0.05)
