@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import limits
-from gateway.appkeys import CALLER, LIMITER, LIVE, METRICS, RECORD, RUNTIME, USAGE
+from gateway.appkeys import CALLER, LIVE, METRICS, RECORD, RUNTIME, USAGE
 from gateway.balancer import Target
 from gateway.dialects.messages.render import render_model, render_models
 from gateway.dialects.output import ChatOutput
@@ -39,12 +39,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     check_access(request, request.app[LIVE].current.config.metrics_key_sha256)
-    metrics = request.app[METRICS]
-    # the sources are read when rendering (and by a worker's snapshots from then on)
-    metrics.watch(request.app[USAGE].stats, request.app[LIMITER])
     # rendered in a thread, with the other workers' snapshot files read there too: a
-    # scrape must never stall the requests on the event loop
-    body = await asyncio.to_thread(metrics.exposition)
+    # scrape must never stall the requests on the event loop (its sources, the usage log
+    # and the limiter, were registered once at start: app._usage_store)
+    body = await asyncio.to_thread(request.app[METRICS].exposition)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
